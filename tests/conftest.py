@@ -1,0 +1,48 @@
+"""Shared fixtures: models are built once into the semipd cache; each server starts once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner.launcher import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+SEMIPD = [sys.executable, "-m", "tuner.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from engine.model_cache import cached_model
+
+    return cached_model("tiny")
+
+
+def start_semipd_server(model: Path, log_dir: Path, *extra: str) -> ServerProcess:
+    port = free_port()
+    command = [*SEMIPD, "serve", "--model", str(model), "--port", str(port), *extra]
+    server = ServerProcess(command, f"http://127.0.0.1:{port}", log_dir / f"server-{port}.log",
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return server.start(timeout_s=240)
+
+
+# Chunked prefill small enough that a test prompt spans several chunks.
+CHUNK = 64
+
+
+@pytest.fixture(scope="session")
+def unified_server(tiny_model, tmp_path_factory):
+    server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("unified"), "--mode", "unified",
+                                 "--dtype", "float32", "--chunked-prefill-size", str(CHUNK))
+    yield server
+    server.stop()
