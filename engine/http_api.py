@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
+
 OPENAI_GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
 
 
@@ -57,3 +59,45 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 def install(app, served_names: set[str]) -> None:
     app.add_middleware(ModelNameCheck, served_names=served_names)
+
+
+def install_semipd_routes(app, control_endpoint: str) -> None:
+    """The split's admin API: read it, set it, and the engine's step records (admin key when set)."""
+    from fastapi.responses import JSONResponse
+    from sglang.srt.utils.auth import AuthLevel, auth_level
+
+    from engine.control_channel import control_request
+
+    async def ask(request: dict) -> JSONResponse:
+        reply = await control_request(control_endpoint, request)
+        status = 200 if reply.pop("ok", False) else reply.pop("status", 500)
+        return JSONResponse(reply, status_code=status)
+
+    @auth_level(AuthLevel.ADMIN_OPTIONAL)
+    async def get_split():
+        return await ask({"op": "get_split"})
+
+    @auth_level(AuthLevel.ADMIN_OPTIONAL)
+    async def set_split(raw: Request):
+        try:
+            body = json.loads(await raw.body())
+            assert isinstance(body, dict)
+        except (ValueError, AssertionError):
+            return JSONResponse({"error": 'the body must be a JSON object {"prefill": P, "decode": D}'},
+                                status_code=400)
+        who = raw.headers.get("x-semipd-who") or body.get("who") or (raw.client.host if raw.client else "admin")
+        return await ask({"op": "set_split", "prefill": body.get("prefill"), "decode": body.get("decode"),
+                          "who": who})
+
+    @auth_level(AuthLevel.ADMIN_OPTIONAL)
+    async def get_steps(since: float = 0.0):
+        return await ask({"op": "steps", "since": since})
+
+    @auth_level(AuthLevel.ADMIN_OPTIONAL)
+    async def get_workers():
+        return await ask({"op": "workers"})
+
+    app.add_api_route("/semipd/split", get_split, methods=["GET"])
+    app.add_api_route("/semipd/split", set_split, methods=["POST"])
+    app.add_api_route("/semipd/steps", get_steps, methods=["GET"])
+    app.add_api_route("/semipd/workers", get_workers, methods=["GET"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 HELP = "start an SGLang-compatible server (unified or semi-PD mode)"
 PASSTHROUGH = True
-MODES = ("unified",)
+MODES = ("unified", "semi-pd")
 
 # Share of free memory the KV pool may take when the user gives no --max-total-tokens.
 KV_MEMORY_FRACTION = 0.10
@@ -31,7 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Hugging Face model folder (default: the embedded tiny model, built "
                              "once into the cache)")
     parser.add_argument("--mode", choices=MODES, default="unified",
-                        help="unified: stock SGLang scheduling (default)")
+                        help="unified: stock SGLang scheduling (default); semi-pd: prefill and "
+                             "decode workers on separate compute partitions over shared storage")
+    parser.add_argument("--split", default="1,1", metavar="P,D",
+                        help="semi-pd only: compute shares of the prefill and decode workers; on "
+                             "CPU a number of cores each (may overlap), default 1,1; changed live "
+                             "with POST /semipd/split")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30000, help="port (default 30000)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -109,6 +114,12 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"semipd serve: --model {model!r} is not a model folder (no config.json)", file=sys.stderr)
         return 2
 
+    if args.mode == "semi-pd":
+        error = semipd_setup(args, device)
+        if error:
+            print(f"semipd serve: {error}", file=sys.stderr)
+            return 2
+        passthrough = [*passthrough, "--disable-overlap-schedule"]
     argv = sglang_argv(model, args.host, args.port, device, passthrough)
     if args.dry_run:
         print(" ".join(["python", "-m", "sglang.launch_server", *argv]))
@@ -125,6 +136,12 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     load_plugins()
     server_args = prepare_server_args(argv)
     http_api.install(app, {server_args.served_model_name or model, model})
+    scheduler_func = None
+    if args.mode == "semi-pd":
+        from engine.semipd_scheduler import ENV_CONTROL, run_semipd_scheduler_process
+
+        http_api.install_semipd_routes(app, os.environ[ENV_CONTROL])
+        scheduler_func = run_semipd_scheduler_process
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
 
     def announce() -> None:
@@ -132,20 +149,38 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
               f"Try:\n  {curl_example(shown_host, args.port)}\n", flush=True)
 
     try:
-        _run_with_callback(run_server, server_args, announce)
+        _run_with_hooks(run_server, server_args, announce, scheduler_func)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
     return 0
 
 
-def _run_with_callback(run_server, server_args, callback) -> None:
-    """run_server has no callback argument; pass ours through to http_server.launch_server."""
+def semipd_setup(args, device: str) -> str | None:
+    """Check the split and hand the semi-PD settings to the scheduler process (by environment,
+    which SGLang's spawned processes inherit); returns an error message or None."""
+    from engine.partition import CpuCores, InvalidSplit, parse_split
+
+    if device != "cpu":
+        return "semi-pd mode on GPU is not available yet (see README: GPU partition backends)"
+    try:
+        CpuCores().check(parse_split(args.split))
+    except InvalidSplit as exc:
+        return f"--split: {exc}"
+    os.environ["SEMIPD_SPLIT"] = args.split
+    os.environ["SEMIPD_CONTROL_ENDPOINT"] = f"ipc:///tmp/semipd-control-{args.port}-{os.getpid()}.sock"
+    return None
+
+
+def _run_with_hooks(run_server, server_args, callback, scheduler_func) -> None:
+    """run_server takes no callback or scheduler function; pass ours to http_server.launch_server."""
     import sglang.srt.entrypoints.http_server as http_server
 
     original = http_server.launch_server
 
     def launch_with_callback(server_args, *a, **kw):
         kw.setdefault("launch_callback", callback)
+        if scheduler_func is not None:
+            kw.setdefault("run_scheduler_process_func", scheduler_func)
         return original(server_args, *a, **kw)
 
     http_server.launch_server = launch_with_callback
