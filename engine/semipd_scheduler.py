@@ -28,7 +28,8 @@ from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_executor.model_runner import ModelRunnerOutput
 
 from engine.control_channel import ControlServer
-from engine.partition import CpuCores, InvalidSplit, Split, Workers, parse_split
+from engine.partition import InvalidSplit, Split, Workers, parse_split
+from engine.partition.cpu import CpuCores
 from engine.prefill_worker import PrefillLink
 from engine.semipd_metrics import SemiPDMetrics
 from engine.shared_storage import SharedStorage

@@ -158,7 +158,8 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
 def semipd_setup(args, device: str) -> str | None:
     """Check the split and hand the semi-PD settings to the scheduler process (by environment,
     which SGLang's spawned processes inherit); returns an error message or None."""
-    from engine.partition import CpuCores, InvalidSplit, parse_split
+    from engine.partition import InvalidSplit, parse_split
+    from engine.partition.cpu import CpuCores
 
     if device != "cpu":
         return "semi-pd mode on GPU is not available yet (see README: GPU partition backends)"

@@ -1,57 +1,10 @@
-"""Compute partitions for the two semi-PD workers: one small interface, one backend per device.
-
-A split gives each worker a compute share: on CPU a number of cores, on GPU a percentage of the
-streaming multiprocessors. Shares may overlap (the semi-PD paper's 100/100 lets the device share
-itself). A backend checks a split (the error names the valid range) and applies it to the workers
-it is given; the scheduler keeps the split in force and its history.
-"""
+"""CPU cores per worker, by affinity and thread count, changed live."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable, Protocol
 
-
-class InvalidSplit(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Split:
-    prefill: int
-    decode: int
-
-    def __str__(self) -> str:
-        return f"{self.prefill},{self.decode}"
-
-
-def parse_split(text: str) -> Split:
-    parts = str(text).split(",")
-    try:
-        prefill, decode = (int(p) for p in parts)
-    except ValueError:
-        raise InvalidSplit(f"split {text!r} is not two integers 'P,D' (for example 1,1)") from None
-    return Split(prefill, decode)
-
-
-@dataclass
-class Workers:
-    """What a backend may act on: the worker processes and a way to set their thread counts."""
-
-    pids: Callable[[], dict[str, int]]  # role ("prefill" | "decode") -> pid
-    set_threads: Callable[[str, int], None]
-
-
-class PartitionBackend(Protocol):
-    name: str
-    unit: str
-
-    def check(self, split: Split) -> None:
-        """Raise InvalidSplit, naming the valid range, if the split cannot be applied."""
-
-    def apply(self, split: Split, workers: Workers) -> dict:
-        """Apply the split to the workers; return what is now in force (for the history)."""
+from engine.partition import InvalidSplit, Split, Workers
 
 
 class CpuCores:
