@@ -61,6 +61,11 @@ def recv(sock: zmq.Socket):
 
 def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int) -> None:
     """Entry point of the prefill worker process (started with `spawn` by the owner)."""
+    import tempfile
+
+    # SGLang's scheduler metrics of this process would shadow the owner's (same labels): keep
+    # them out of the directory that /metrics reads.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="semipd-prefill-metrics-")
     import torch
     from sglang.srt.managers import scheduler as scheduler_module
     from sglang.srt.runtime_context import SpawnRanks, publish

@@ -26,18 +26,18 @@ from sglang.srt.managers.overlap_utils import resolve_forward_inputs
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from sglang.srt.model_executor.model_runner import ModelRunnerOutput
+from sglang.srt.runtime_context import get_serving
 
 from engine.control_channel import ControlServer
 from engine.partition import InvalidSplit, Split, Workers, parse_split
 from engine.partition.cpu import CpuCores
 from engine.prefill_worker import PrefillLink
 from engine.semipd_metrics import SemiPDMetrics
+from engine.semipd_mode import ENV_CONTROL, ENV_SPLIT
 from engine.shared_storage import SharedStorage
 
 logger = logging.getLogger(__name__)
 
-ENV_SPLIT = "SEMIPD_SPLIT"
-ENV_CONTROL = "SEMIPD_CONTROL_ENDPOINT"
 STEP_RECORDS = 20_000
 HISTORY_RECORDS = 10_000
 
@@ -61,7 +61,7 @@ class SemiPDScheduler(Scheduler):
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)
         self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
         self.split: Split | None = None
-        self.semipd_metrics = SemiPDMetrics({"model_name": str(self.server_args.served_model_name)})
+        self.semipd_metrics = SemiPDMetrics({"model_name": str(get_serving().served_model_name)})
         self._workers = Workers(pids=lambda: {"prefill": self.prefill_link.pid, "decode": os.getpid()},
                                 set_threads=self._set_threads)
         self.apply_split(split, who="launch")
@@ -193,10 +193,3 @@ class SemiPDScheduler(Scheduler):
                 "backend": self.partition.name, "unit": self.partition.unit,
                 "valid": self.partition.valid_range(), "history": list(self.split_history)}
 
-
-def run_semipd_scheduler_process(*args, **kwargs):
-    """SGLang's scheduler process entry, with the semi-PD scheduler in place of the stock one."""
-    import sglang.srt.managers.scheduler as scheduler_module
-
-    scheduler_module.Scheduler = SemiPDScheduler
-    return scheduler_module.run_scheduler_process(*args, **kwargs)

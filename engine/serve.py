@@ -114,10 +114,19 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"semipd serve: --model {model!r} is not a model folder (no config.json)", file=sys.stderr)
         return 2
 
+    control_endpoint = None
     if args.mode == "semi-pd":
-        error = semipd_setup(args, device)
-        if error:
-            print(f"semipd serve: {error}", file=sys.stderr)
+        from engine import semipd_mode
+        from engine.partition import InvalidSplit
+
+        if device != "cpu":
+            print("semipd serve: semi-pd mode on GPU is not available yet (see README: GPU partition "
+                  "backends)", file=sys.stderr)
+            return 2
+        try:
+            control_endpoint = semipd_mode.configure(args.split, args.port)
+        except InvalidSplit as exc:
+            print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2
         passthrough = [*passthrough, "--disable-overlap-schedule"]
     argv = sglang_argv(model, args.host, args.port, device, passthrough)
@@ -137,11 +146,9 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     server_args = prepare_server_args(argv)
     http_api.install(app, {server_args.served_model_name or model, model})
     scheduler_func = None
-    if args.mode == "semi-pd":
-        from engine.semipd_scheduler import ENV_CONTROL, run_semipd_scheduler_process
-
-        http_api.install_semipd_routes(app, os.environ[ENV_CONTROL])
-        scheduler_func = run_semipd_scheduler_process
+    if control_endpoint:
+        http_api.install_semipd_routes(app, control_endpoint)
+        scheduler_func = semipd_mode.run_semipd_scheduler_process
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
 
     def announce() -> None:
@@ -152,24 +159,9 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         _run_with_hooks(run_server, server_args, announce, scheduler_func)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
+        if control_endpoint:
+            semipd_mode.remove_endpoint(control_endpoint)
     return 0
-
-
-def semipd_setup(args, device: str) -> str | None:
-    """Check the split and hand the semi-PD settings to the scheduler process (by environment,
-    which SGLang's spawned processes inherit); returns an error message or None."""
-    from engine.partition import InvalidSplit, parse_split
-    from engine.partition.cpu import CpuCores
-
-    if device != "cpu":
-        return "semi-pd mode on GPU is not available yet (see README: GPU partition backends)"
-    try:
-        CpuCores().check(parse_split(args.split))
-    except InvalidSplit as exc:
-        return f"--split: {exc}"
-    os.environ["SEMIPD_SPLIT"] = args.split
-    os.environ["SEMIPD_CONTROL_ENDPOINT"] = f"ipc:///tmp/semipd-control-{args.port}-{os.getpid()}.sock"
-    return None
 
 
 def _run_with_hooks(run_server, server_args, callback, scheduler_func) -> None:

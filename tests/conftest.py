@@ -36,13 +36,21 @@ def start_semipd_server(model: Path, log_dir: Path, *extra: str) -> ServerProces
     return server.start(timeout_s=240)
 
 
-# Chunked prefill small enough that a test prompt spans several chunks.
-CHUNK = 64
+# float32 for exact comparison with transformers; chunked prefill small enough that test prompts
+# span several chunks.
+EXACT = ("--dtype", "float32", "--chunked-prefill-size", "64")
 
 
 @pytest.fixture(scope="session")
 def unified_server(tiny_model, tmp_path_factory):
-    server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("unified"), "--mode", "unified",
-                                 "--dtype", "float32", "--chunked-prefill-size", str(CHUNK))
+    server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("unified"), "--mode", "unified", *EXACT)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def semipd_server(tiny_model, tmp_path_factory):
+    server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("semipd"), "--mode", "semi-pd",
+                                 "--split", "1,1", *EXACT)
     yield server
     server.stop()

@@ -36,3 +36,32 @@ def prompt_ids(length: int, seed: int, vocab: int = 2000) -> list[int]:
 
     rng = random.Random(seed)
     return [rng.randrange(10, vocab) for _ in range(length)]
+
+
+# Prompt lengths from a few tokens to several chunked-prefill chunks (the test servers use 64).
+LENGTHS = [3, 17, 50, 133, 300]
+NEW_TOKENS = 24
+
+
+def generate_ids(url: str, ids: list[int], new_tokens: int = NEW_TOKENS) -> list[int]:
+    import httpx
+
+    r = httpx.post(url + "/generate", timeout=300, json={
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}})
+    assert r.status_code == 200, r.text
+    return r.json()["output_ids"]
+
+
+def check_equal_to_transformers(url: str, model_path: Path, concurrent: bool,
+                                lengths=LENGTHS, new_tokens: int = NEW_TOKENS) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [prompt_ids(n, seed=n) for n in lengths]
+    if concurrent:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            outputs = list(pool.map(lambda p: generate_ids(url, p, new_tokens), prompts))
+    else:
+        outputs = [generate_ids(url, p, new_tokens) for p in prompts]
+    for prompt, got in zip(prompts, outputs):
+        assert got == greedy_tokens(model_path, prompt, new_tokens), f"prompt of {len(prompt)} tokens"

@@ -43,6 +43,12 @@ class Workers:
 
     pids: Callable[[], dict[str, int]]  # role ("prefill" | "decode") -> pid
     set_threads: Callable[[str, int], None]
+    # mps: start a standby worker for this role with these extra environment variables, attach it
+    # to the shared storage, and swap it in after the active worker's current iteration; returns
+    # when the swap is done.
+    replace_worker: Callable[[str, dict[str, str]], None] | None = None
+    # green_contexts: run this role's next iterations on this stream.
+    use_stream: Callable[[str, object], None] | None = None
 
 
 class PartitionBackend(Protocol):

@@ -1,0 +1,96 @@
+"""GPU SM percentage per worker through CUDA MPS, changed by swapping in a standby worker.
+
+Not verified on hardware. A running MPS client cannot change its CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
+(the variable is read once, when the client creates its CUDA context), so, as in the semi-PD paper,
+a new share takes effect by starting a standby worker with the new percentage, attaching it to the
+shared weights and KV cache, and swapping it in after the active worker's current iteration. The
+engine supplies that mechanism as `Workers.replace_worker`; this module only decides which roles
+need it and with what environment. Prefill and decode switch independently, so for a moment the old
+prefill share can run beside the new decode share.
+
+The variable can only lower the limit the control daemon gives its clients; the daemon must run
+with per-context partitioning enabled (see `check_mps_daemon`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Callable
+
+from engine.partition import InvalidSplit, Split, Workers
+
+ROLES = ("prefill", "decode")  # the order in which changed workers are replaced
+PERCENT_VARIABLE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+DAEMON_START = ("export CUDA_MPS_ENABLE_PER_CTX_DEVICE_MULTIPROCESSOR_PARTITIONING=1; "
+                "nvidia-cuda-mps-control -d")
+
+
+def mps_environment(share: int) -> dict[str, str]:
+    """The extra environment a worker needs to start with `share` percent of the SMs."""
+    return {PERCENT_VARIABLE: str(share)}
+
+
+def _share_error(role: str, value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        return (f"{role} share {value!r} is out of range: each share is a whole percentage of the "
+                f"GPU's SMs from 1 to 100 (shares may overlap, e.g. 100,100)")
+    return None
+
+
+class MpsPercent:
+    """Percent of the GPU's SMs per worker (MPS active thread percentage), 1..100 each.
+
+    `started_with` is the split the workers were launched with, if known; when it is None the
+    first apply replaces both workers, since what they run with cannot be read back.
+    """
+
+    name = "mps"
+    unit = "percent of SMs"
+
+    def __init__(self, started_with: Split | None = None):
+        self.in_force: dict[str, int] = {}
+        if started_with is not None:
+            self.check(started_with)
+            self.in_force = {"prefill": started_with.prefill, "decode": started_with.decode}
+
+    def check(self, split: Split) -> None:
+        for role in ROLES:
+            error = _share_error(role, getattr(split, role))
+            if error:
+                raise InvalidSplit(error)
+
+    def apply(self, split: Split, workers: Workers) -> dict:
+        self.check(split)
+        if workers.replace_worker is None:
+            raise RuntimeError("the mps partition backend needs the engine to replace workers "
+                               "(Workers.replace_worker is None): a running MPS client cannot "
+                               "change its SM percentage, so a standby worker must be swapped in")
+        wanted = {"prefill": split.prefill, "decode": split.decode}
+        replaced = []
+        for role in ROLES:
+            if self.in_force.get(role) == wanted[role]:
+                continue
+            workers.replace_worker(role, mps_environment(wanted[role]))
+            # Recorded per role: if decode's swap fails, prefill's new share is already in force.
+            self.in_force[role] = wanted[role]
+            replaced.append(role)
+        return {"percent": dict(self.in_force), "replaced": replaced}
+
+
+def check_mps_daemon(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> str | None:
+    """None if an MPS control daemon answers; otherwise what is wrong and what to do."""
+    how = f"start it with: {DAEMON_START}"
+    try:
+        result = run(["nvidia-cuda-mps-control"], input="get_server_list\n",
+                     capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        return f"nvidia-cuda-mps-control is not on PATH (it comes with the NVIDIA driver); {how}"
+    except subprocess.TimeoutExpired:
+        return f"the MPS control daemon did not answer get_server_list within 10 s; restart it: {how}"
+    output = f"{result.stdout or ''}{result.stderr or ''}".strip()
+    # With no daemon the client says so ("Cannot find MPS control daemon process"); the exit status
+    # alone is not relied on.
+    if result.returncode != 0 or "cannot find" in output.lower():
+        detail = f" ({output})" if output else ""
+        return f"no MPS control daemon answers{detail}; {how}"
+    return None
