@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -24,9 +23,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import systems  # noqa: E402
 from engine.model_cache import cached_model  # noqa: E402
-from engine.platform import prepare_cpu_process_env  # noqa: E402
-from engine.serve import sglang_argv  # noqa: E402
 from tuner.launcher import ServerProcess  # noqa: E402
 from tuner.loadgen import run_concurrently  # noqa: E402
 
@@ -38,16 +36,6 @@ def prompt(length: int, seed: int) -> list[int]:
 
     rng = random.Random(seed)
     return [rng.randrange(10, 2000) for _ in range(length)]
-
-
-def command(system: str, model: Path, port: int) -> tuple[list[str], dict]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if system == "semipd":
-        return [sys.executable, "-m", "tuner.cli", "serve", "--model", str(model), "--port", str(port),
-                "--mode", "unified"], env
-    prepare_cpu_process_env(env)  # the same stand-in and environment, SGLang's own launcher
-    return [sys.executable, "-m", "sglang.launch_server",
-            *sglang_argv(str(model), "127.0.0.1", port, "cpu", [])], env
 
 
 def tree_rss_mb(server: ServerProcess) -> float:
@@ -66,9 +54,8 @@ def median(values):
 
 
 def measure(system: str, model: Path, port: int, log_dir: Path, step_times: bool) -> dict:
-    cmd, env = command(system, model, port)
     url = f"http://127.0.0.1:{port}"
-    with ServerProcess(cmd, url, log_dir / f"{system}-{model.name}.log", env=env) as server:
+    with systems.server(system if system == "stock" else "unified", model, port, log_dir) as server:
         asyncio.run(run_concurrently(url, [prompt(32, 0)], 4))  # first-request warm-up
         singles = [asyncio.run(run_concurrently(url, [prompt(PROMPT_LEN, i)], NEW_TOKENS))[0]
                    for i in range(SINGLE_REQUESTS)]

@@ -46,11 +46,6 @@ class SetThreads:
     threads: int
 
 
-@dataclass
-class Shutdown:
-    pass
-
-
 def send(sock: zmq.Socket, message) -> None:
     sock.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -107,8 +102,6 @@ def serve_forwards(model_runner, sock: zmq.Socket) -> None:
 
     while True:
         message = recv(sock)
-        if isinstance(message, Shutdown):
-            return
         if isinstance(message, SetThreads):
             torch.set_num_threads(message.threads)
             continue
@@ -186,7 +179,12 @@ class PrefillLink:
 
     def poll(self, timeout_ms: int = 0):
         """The finished (batch, forward_batch, result), or None while the worker is busy."""
-        if self.inflight is None or not self.sock.poll(timeout_ms):
+        if self.inflight is None:
+            return None
+        if not self.sock.poll(timeout_ms):
+            if not self.process.is_alive():  # fail loudly rather than leave requests waiting
+                raise RuntimeError(f"the prefill worker exited (code {self.process.exitcode}) "
+                                   f"during batch {self.inflight[0]}")
             return None
         result = recv(self.sock)
         seq, batch, forward_batch = self.inflight
@@ -203,17 +201,3 @@ class PrefillLink:
 
     def set_threads(self, threads: int) -> None:
         send(self.sock, SetThreads(threads))
-
-    def alive(self) -> bool:
-        return self.process.is_alive()
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            try:
-                send(self.sock, Shutdown())
-            except zmq.ZMQError:
-                pass
-            self.process.join(5)
-            if self.process.is_alive():
-                self.process.kill()
-        os.path.exists(self.endpoint[len("ipc://"):]) and os.unlink(self.endpoint[len("ipc://"):])

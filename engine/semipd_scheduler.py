@@ -16,7 +16,6 @@ next batch.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import deque
@@ -35,8 +34,6 @@ from engine.prefill_worker import PrefillLink
 from engine.semipd_metrics import SemiPDMetrics
 from engine.semipd_mode import ENV_CONTROL, ENV_SPLIT
 from engine.shared_storage import SharedStorage
-
-logger = logging.getLogger(__name__)
 
 STEP_RECORDS = 20_000
 HISTORY_RECORDS = 10_000

@@ -79,7 +79,9 @@ def sglang_argv(model: str, host: str, port: int, device: str, passthrough: list
         ("--max-total-tokens", [str(default_max_total_tokens(model, available_memory_bytes()))]),
     ]
     if device == "cpu":
-        pass
+        # SGLang's "auto" serves a float32 checkpoint in float16, which on CPUs without AMX-FP16 is
+        # ~20x slower than bfloat16 (measured: a 512x512x1536 matmul, 24 ms vs 1.1 ms).
+        defaults.append(("--dtype", ["bfloat16"]))
     for flag, value in defaults:
         if not _has_flag(passthrough, flag):
             argv += [flag, *value]

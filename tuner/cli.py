@@ -14,6 +14,8 @@ import sys
 COMMANDS = {
     "serve": "engine.serve",
     "make-model": "engine.model_factory",
+    "bench": "tuner.bench",
+    "calibrate-slo": "tuner.calibrate_slo",
 }
 
 

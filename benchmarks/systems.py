@@ -1,0 +1,32 @@
+"""The servers the benchmarks compare, started the same way: stock SGLang, and semipd's modes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.platform import prepare_cpu_process_env  # noqa: E402
+from engine.serve import sglang_argv  # noqa: E402
+from tuner.launcher import ServerProcess  # noqa: E402
+
+
+def command(system: str, model: Path, port: int, *extra: str) -> tuple[list[str], dict]:
+    """system: 'stock' (SGLang's own launcher, same flags and environment as semipd's defaults),
+    'unified', or 'semi-pd:P,D'."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if system == "stock":
+        prepare_cpu_process_env(env)
+        return [sys.executable, "-m", "sglang.launch_server",
+                *sglang_argv(str(model), "127.0.0.1", port, "cpu", list(extra))], env
+    mode, _, split = system.partition(":")
+    cmd = [sys.executable, "-m", "tuner.cli", "serve", "--model", str(model), "--port", str(port), "--mode", mode]
+    return cmd + (["--split", split] if split else []) + list(extra), env
+
+
+def server(system: str, model: Path, port: int, log_dir: Path, *extra: str) -> ServerProcess:
+    cmd, env = command(system, model, port, *extra)
+    name = system.replace(":", "-").replace(",", "_")
+    return ServerProcess(cmd, f"http://127.0.0.1:{port}", log_dir / f"{name}-{model.name}.log", env=env)
