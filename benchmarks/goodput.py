@@ -35,7 +35,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="1.5,2.5,3.5,4.5")
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--splits", default="1,1:2,1", help="semi-PD static splits to try, ':'-separated")
+    parser.add_argument("--splits", default="1,1:1,1+lend",
+                        help="semi-PD static splits to try, ':'-separated ('+lend': --lend-idle-cores)")
     parser.add_argument("--port", type=int, default=31300)
     parser.add_argument("--out", default="out/goodput")
     args = parser.parse_args()

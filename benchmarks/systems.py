@@ -15,18 +15,20 @@ from tuner.launcher import ServerProcess  # noqa: E402
 
 def command(system: str, model: Path, port: int, *extra: str) -> tuple[list[str], dict]:
     """system: 'stock' (SGLang's own launcher, same flags and environment as semipd's defaults),
-    'unified', or 'semi-pd:P,D'."""
+    'unified', 'semi-pd:P,D', or 'semi-pd:P,D+lend' (with --lend-idle-cores)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if system == "stock":
         prepare_cpu_process_env(env)
         return [sys.executable, "-m", "sglang.launch_server",
                 *sglang_argv(str(model), "127.0.0.1", port, "cpu", list(extra))], env
     mode, _, split = system.partition(":")
+    split, lend, _ = split.partition("+lend")
     cmd = [sys.executable, "-m", "tuner.cli", "serve", "--model", str(model), "--port", str(port), "--mode", mode]
-    return cmd + (["--split", split] if split else []) + list(extra), env
+    cmd += (["--split", split] if split else []) + (["--lend-idle-cores"] if lend else [])
+    return cmd + list(extra), env
 
 
 def server(system: str, model: Path, port: int, log_dir: Path, *extra: str) -> ServerProcess:
     cmd, env = command(system, model, port, *extra)
-    name = system.replace(":", "-").replace(",", "_")
+    name = system.replace(":", "-").replace(",", "_").replace("+", "-")
     return ServerProcess(cmd, f"http://127.0.0.1:{port}", log_dir / f"{name}-{model.name}.log", env=env)

@@ -12,9 +12,10 @@ import os
 
 ENV_SPLIT = "SEMIPD_SPLIT"
 ENV_CONTROL = "SEMIPD_CONTROL_ENDPOINT"
+ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
 
 
-def configure(split_text: str, port: int) -> str:
+def configure(split_text: str, port: int, lend_idle_cores: bool = False) -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range."""
@@ -25,6 +26,7 @@ def configure(split_text: str, port: int) -> str:
     endpoint = f"ipc:///tmp/semipd-control-{port}-{os.getpid()}.sock"
     os.environ[ENV_SPLIT] = split_text
     os.environ[ENV_CONTROL] = endpoint
+    os.environ[ENV_LEND_IDLE] = "1" if lend_idle_cores else "0"
     return endpoint
 
 

@@ -32,7 +32,7 @@ from engine.partition import InvalidSplit, Split, Workers, parse_split
 from engine.partition.cpu import CpuCores
 from engine.prefill_worker import PrefillLink
 from engine.semipd_metrics import SemiPDMetrics
-from engine.semipd_mode import ENV_CONTROL, ENV_SPLIT
+from engine.semipd_mode import ENV_CONTROL, ENV_LEND_IDLE, ENV_SPLIT
 from engine.shared_storage import SharedStorage
 
 STEP_RECORDS = 20_000
@@ -49,6 +49,7 @@ class SemiPDScheduler(Scheduler):
         self._semipd_wrap_forward(model_runner)
 
         self.partition = CpuCores()
+        self.lend_idle_cores = os.environ.get(ENV_LEND_IDLE) == "1"
         split = parse_split(os.environ.get(ENV_SPLIT, "1,1"))
         self.partition.check(split)
         self.prefill_link = PrefillLink(server_args, str(self._semipd_storage.directory),
@@ -96,6 +97,9 @@ class SemiPDScheduler(Scheduler):
                 self.running_batch = plan.running_batch
                 batch = plan.batch_to_run
                 if batch is not None and batch.forward_mode.is_extend():
+                    if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
+                        self.partition.lend("decode", False, self._workers)
+                        self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
                     self._launch_prefill(batch)
                     decode_batch = self._next_decode_batch()
                 else:
@@ -105,11 +109,14 @@ class SemiPDScheduler(Scheduler):
             self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
 
             if decode_batch is not None:
+                if self.lend_idle_cores:  # no prefill can start before this decode step ends
+                    self.partition.lend("decode", not self.prefill_link.busy, self._workers)
                 self.cur_batch_for_debug = decode_batch
                 started = time.time()
                 result = self.run_batch(decode_batch)
                 self.process_batch_result(decode_batch, result)
-                self._record_step("decode", started, time.time(), decode_batch.batch_size(), decode_batch.batch_size())
+                self._record_step("decode", started, time.time(), decode_batch.batch_size(),
+                                  decode_batch.batch_size(), self.partition.cores_of("decode"))
                 self.last_batch = decode_batch
             elif self.prefill_link.busy:
                 self.prefill_link.poll_wait(1)  # until the prefill finishes or 1 ms passes
@@ -131,6 +138,7 @@ class SemiPDScheduler(Scheduler):
         forward_batch = ForwardBatch.init_new(batch, self.tp_worker.model_runner,
                                               return_hidden_states_before_norm=False)
         self.prefill_link.launch(batch, forward_batch)
+        self._prefill_cores = self.partition.cores_of("prefill")
 
     def _complete_prefill(self, batch, forward_batch, result) -> None:
         self._semipd_injected = ModelRunnerOutput(logits_output=result.logits_output, can_run_graph=False)
@@ -138,11 +146,12 @@ class SemiPDScheduler(Scheduler):
         self.process_batch_result(batch, run_result)
         self.finished_prefill = batch
         self._record_step("prefill", result.started, result.finished, batch.batch_size(),
-                          int(batch.extend_num_tokens or 0))
+                          int(batch.extend_num_tokens or 0), self._prefill_cores)
 
-    def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int):
+    def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
+                     cores: list[int]):
         self.steps.append({"worker": worker, "start": started, "end": finished,
-                           "batch_size": batch_size, "tokens": tokens})
+                           "batch_size": batch_size, "tokens": tokens, "cores": cores})
         self.semipd_metrics.record_step(worker, finished - started, batch_size)
 
     # -- the split -----------------------------------------------------------------------------
@@ -188,5 +197,6 @@ class SemiPDScheduler(Scheduler):
     def split_state(self) -> dict:
         return {"split": {"prefill": self.split.prefill, "decode": self.split.decode},
                 "backend": self.partition.name, "unit": self.partition.unit,
+                "lend_idle_cores": self.lend_idle_cores,
                 "valid": self.partition.valid_range(), "history": list(self.split_history)}
 

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semi-pd only: compute shares of the prefill and decode workers; on "
                              "CPU a number of cores each (may overlap), default 1,1; changed live "
                              "with POST /semipd/split")
+    parser.add_argument("--lend-idle-cores", action="store_true",
+                        help="semi-pd on CPU: a worker that will be idle during the other's next "
+                             "step lends it its cores for that step")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30000, help="port (default 30000)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
                   "backends)", file=sys.stderr)
             return 2
         try:
-            control_endpoint = semipd_mode.configure(args.split, args.port)
+            control_endpoint = semipd_mode.configure(args.split, args.port, args.lend_idle_cores)
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2

@@ -176,8 +176,9 @@ def test_twenty_repartitions_during_200_requests_lose_nothing(semipd_server, res
 
 @pytest.fixture(scope="module")
 def small_kv_server(tiny_model, tmp_path_factory):
-    """Few KV slots (forcing retraction), and an admin key."""
+    """Few KV slots (forcing retraction), an admin key, and idle cores lent between workers."""
     server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("small-kv"), "--mode", "semi-pd",
+                                 "--lend-idle-cores",
                                  *EXACT, "--max-total-tokens", "700", "--admin-api-key", "secret",
                                  "--schedule-conservativeness", "0.05")  # admit optimistically
     yield server
@@ -216,3 +217,28 @@ def test_admin_routes_require_the_admin_key_when_set(small_kv_server):
     assert httpx.post(url, json={"prefill": 1, "decode": 1}, headers=key, timeout=30).status_code == 200
     # Ordinary serving needs no admin key.
     assert httpx.get(small_kv_server.url + "/health", timeout=30).status_code == 200
+
+
+@pytest.mark.skipif(len(CORES) < 2, reason="lending needs two cores")
+def test_lent_cores_are_used_when_the_other_worker_idles_and_never_shared(small_kv_server, tiny_model):
+    key = {"Authorization": "Bearer secret"}
+    since = time.time()
+    # A lone prompt: nothing decodes while it is prefilled, so it gets every core.
+    lone = prompt_ids(400, seed=900)
+    assert generate_ids(small_kv_server.url, lone, 8) == greedy_tokens(tiny_model, lone, 8)
+    # Then prefills arriving while others decode.
+    prompts = [prompt_ids(n, seed=910 + n) for n in (20, 30, 200, 300)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        outputs = list(pool.map(lambda p: generate_ids(small_kv_server.url, p, 40), prompts))
+    for prompt, got in zip(prompts, outputs):
+        assert got == greedy_tokens(tiny_model, prompt, 40)
+    steps = httpx.get(small_kv_server.url + "/semipd/steps", params={"since": since}, headers=key,
+                      timeout=30).json()["steps"]
+    prefills = [s for s in steps if s["worker"] == "prefill"]
+    decodes = [s for s in steps if s["worker"] == "decode"]
+    assert sorted(prefills[0]["cores"]) == CORES  # the lone prompt's first chunk
+    for p in prefills:
+        for d in decodes:
+            if p["start"] < d["end"] and d["start"] < p["end"]:
+                assert not set(p["cores"]) & set(d["cores"]), (p, d)
+

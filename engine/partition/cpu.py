@@ -12,6 +12,11 @@ class CpuCores:
 
     Affinity is set on every thread of each worker process at once (the kernel moves running
     threads immediately); each worker sets its own thread count at its next step boundary.
+
+    Optionally (`lend`), a worker that will stay idle during the other's next step lends it its
+    cores for that step: the owner knows, at every step boundary, whether the other worker can
+    start work before this step ends, so the cores are never oversubscribed (overlapping splits
+    on CPU are: OpenMP threads that share a core wait on each other at every barrier).
     """
 
     name = "cpu"
@@ -19,6 +24,8 @@ class CpuCores:
 
     def __init__(self, cores: list[int] | None = None):
         self.cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+        self.sets: dict[str, list[int]] = {}
+        self.lent: dict[str, bool] = {}
 
     def valid_range(self) -> str:
         n = len(self.cores)
@@ -35,11 +42,27 @@ class CpuCores:
 
     def apply(self, split: Split, workers: Workers) -> dict:
         self.check(split)
-        sets = self.core_sets(split)
+        self.sets = self.core_sets(split)
+        self.lent = {}
         for role, pid in workers.pids().items():
-            pin_process(pid, sets[role])
-            workers.set_threads(role, len(sets[role]))
-        return {"cores": sets}
+            pin_process(pid, self.sets[role])
+            workers.set_threads(role, len(self.sets[role]))
+        return {"cores": self.sets}
+
+    def cores_of(self, role: str) -> list[int]:
+        """The cores `role` runs on now (its own, or with the other's while lent)."""
+        if self.lent.get(role, False):
+            return sorted(set(self.sets["prefill"]) | set(self.sets["decode"]))
+        return self.sets[role]
+
+    def lend(self, role: str, lent: bool, workers: Workers) -> None:
+        """Give `role` the other worker's cores as well for its next step (or take them back)."""
+        if self.lent.get(role, False) == lent:
+            return
+        self.lent[role] = lent
+        cores = self.cores_of(role)
+        pin_process(workers.pids()[role], cores)
+        workers.set_threads(role, len(cores))
 
 
 def pin_process(pid: int, cores: list[int]) -> None:
