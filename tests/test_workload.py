@@ -44,6 +44,13 @@ def test_synthetic_arrivals_have_the_asked_rate_and_burstiness():
     assert statistics.mean(r.prompt_len for r in lognormal) == pytest.approx(200, rel=0.05)
 
 
+def test_lengths_fitted_to_a_trace(tmp_path):
+    path = write_trace(tmp_path / "t.csv", [(0, 100, 10), (1, 300, 30)])
+    requests = parse_workload(f"gamma:rate=2,cv=2,prompt=trace({path},0.5),output=trace({path}),count=200")
+    assert {r.prompt_len for r in requests} == {50, 150}
+    assert {r.output_len for r in requests} == {10, 30}
+
+
 def test_same_seed_same_workload_and_rate_scaling_keeps_requests():
     a = parse_workload("poisson:rate=2,prompt=uniform(1,50),output=5,count=50,seed=3")
     assert a == parse_workload("poisson:rate=2,prompt=uniform(1,50),output=5,count=50,seed=3")

@@ -30,7 +30,8 @@ Workload SPEC (one string; lengths in tokens, times in seconds):
   shared-prefix:groups=G,per_group=N,prefix=P,question=Q,output=O,rate=R[,seed=K]
       G groups of N requests; the requests of a group share a P-token system prompt and each adds
       its own Q-token question; Poisson arrivals, groups interleaved.
-  DIST is a number, uniform(a,b) or lognormal(mean,sigma) (of the length, not of its log).
+  DIST is a number, uniform(a,b), lognormal(mean,sigma) (of the length, not of its log), or
+  trace(PATH[,scale]): lengths drawn from those of a trace (its prompt or output column), scaled.
 Examples:
   trace:../shared/data/azure_llm_2023_conv.csv,duration=120,len_scale=0.25,max_prompt=1024
   poisson:rate=2,prompt=uniform(64,512),output=lognormal(128,0.8),count=300
@@ -53,11 +54,14 @@ class Request:
 # -- length distributions -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dist:
-    kind: str  # "fixed" | "uniform" | "lognormal"
+    kind: str  # "fixed" | "uniform" | "lognormal" | "trace"
     a: float
     b: float = 0.0
+    values: tuple[int, ...] = ()  # "trace": the observed lengths, already scaled
 
     def sample(self, rng: random.Random) -> int:
+        if self.kind == "trace":
+            return rng.choice(self.values)
         if self.kind == "fixed":
             value = self.a
         elif self.kind == "uniform":
@@ -67,8 +71,21 @@ class Dist:
         return max(1, round(value))
 
 
+def trace_dist(text: str, what: str) -> Dist:
+    """trace(PATH[,scale]): the empirical distribution of a trace's prompt or output lengths."""
+    path, _, scale = text[len("trace("):-1].partition(",")
+    try:
+        scale = float(scale) if scale.strip() else 1.0
+    except ValueError:
+        raise WorkloadError(f"{what}={text!r}: the scale must be a number") from None
+    requests = load_azure_trace(path.strip(), len_scale=scale)
+    return Dist("trace", 0, 0, tuple(r.prompt_len if what == "prompt" else r.output_len for r in requests))
+
+
 def parse_dist(text: str, what: str) -> Dist:
     text = text.strip()
+    if text.startswith("trace(") and text.endswith(")"):
+        return trace_dist(text, what)
     match = re.fullmatch(r"(uniform|lognormal)\(\s*([^,]+),\s*([^)]+)\)", text)
     try:
         if match:
@@ -77,7 +94,7 @@ def parse_dist(text: str, what: str) -> Dist:
             kind, a, b = "fixed", float(text), 0.0
     except ValueError:
         raise WorkloadError(f"{what}={text!r} is not a length distribution: use a number, "
-                            "uniform(a,b) or lognormal(mean,sigma)") from None
+                            "uniform(a,b), lognormal(mean,sigma) or trace(PATH,scale)") from None
     if kind == "fixed" and a < 1 or kind == "uniform" and not 1 <= a <= b or kind == "lognormal" and (a < 1 or b < 0):
         raise WorkloadError(f"{what}={text!r} is out of range: lengths are at least 1 token "
                             "(uniform(a,b) needs 1 <= a <= b; lognormal(mean,sigma) needs mean >= 1, sigma >= 0)")
