@@ -99,8 +99,6 @@ def curl_example(host: str, port: int) -> str:
 def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     from engine.platform import detect_device, prepare_cpu_process_env
 
-    if args.sglang_help:
-        passthrough = ["--help"]
     device = args.device or detect_device()
     if device == "cpu":
         prepare_cpu_process_env()
@@ -109,15 +107,6 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
 
         prepare_server_args(["--help"])
         return 0
-
-    model = args.model
-    if model is None:
-        from engine.model_cache import embedded_default_model
-
-        model = str(embedded_default_model())
-    elif not (Path(model) / "config.json").is_file():
-        print(f"semipd serve: --model {model!r} is not a model folder (no config.json)", file=sys.stderr)
-        return 2
 
     control_endpoint = None
     if args.mode == "semi-pd":
@@ -134,6 +123,15 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2
         passthrough = [*passthrough, "--disable-overlap-schedule"]
+    model = args.model
+    if model is None:
+        from engine.model_cache import embedded_default_model
+
+        model = str(embedded_default_model())
+    elif not (Path(model) / "config.json").is_file():
+        print(f"semipd serve: --model {model!r} is not a model folder (no config.json)", file=sys.stderr)
+        return 2
+
     argv = sglang_argv(model, args.host, args.port, device, passthrough)
     if args.dry_run:
         print(" ".join(["python", "-m", "sglang.launch_server", *argv]))
