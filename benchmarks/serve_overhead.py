@@ -96,9 +96,9 @@ def main() -> int:
     print(f"\nsingle request: prompt {PROMPT_LEN} tokens, {NEW_TOKENS} new tokens, median of "
           f"{SINGLE_REQUESTS} requests x {args.rounds} rounds (logs in {log_dir})")
     print(f"{'preset':8} {'metric':12} {'stock':>10} {'semipd':>10} {'semipd/stock':>13}")
-    for preset, systems in report.items():
+    for preset, by_system in report.items():
         for key in keys:
-            stock, ours = systems["stock"][key], systems["semipd"][key]
+            stock, ours = by_system["stock"][key], by_system["semipd"][key]
             print(f"{preset:8} {key:12} {stock:10.1f} {ours:10.1f} {ours / stock:13.3f}")
     if "bench" in report:
         b = report["bench"]["semipd"]
