@@ -55,9 +55,10 @@ def main() -> int:
                 print(f"tight SLOs from stock SGLang: TTFT {slo['ttft_slo_s']:.3f} s, TPOT {slo['tpot_slo_s']:.3f} s",
                       flush=True)
             per_rate = []
-            for rate in rates:
+            for index, rate in enumerate(rates):
                 timed = scale_rate(requests, rate / mean_rate(requests))
-                records, duration = run_rate(server.url, timed, VOCAB, show_progress=False, label=system)
+                records, duration = run_rate(server.url, timed, VOCAB, show_progress=False, label=system,
+                                             seed=1 + index)  # fresh prompts: no radix-cache hits
                 summary = summarize(records, slo["ttft_slo_s"], slo["tpot_slo_s"], duration)
                 per_rate.append({"rate": rate, **summary})
                 print(f"{system:12} rate {rate:4.2f}: attainment {summary['slo_attainment']:6.1%} (TTFT "

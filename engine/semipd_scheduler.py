@@ -112,11 +112,12 @@ class SemiPDScheduler(Scheduler):
                 if self.lend_idle_cores:  # no prefill can start before this decode step ends
                     self.partition.lend("decode", not self.prefill_link.busy, self._workers)
                 self.cur_batch_for_debug = decode_batch
+                context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in decode_batch.reqs)
                 started = time.time()
                 result = self.run_batch(decode_batch)
                 self.process_batch_result(decode_batch, result)
                 self._record_step("decode", started, time.time(), decode_batch.batch_size(),
-                                  decode_batch.batch_size(), self.partition.cores_of("decode"))
+                                  decode_batch.batch_size(), context, self.partition.cores_of("decode"))
                 self.last_batch = decode_batch
             elif self.prefill_link.busy:
                 self.prefill_link.poll_wait(1)  # until the prefill finishes or 1 ms passes
@@ -146,12 +147,14 @@ class SemiPDScheduler(Scheduler):
         self.process_batch_result(batch, run_result)
         self.finished_prefill = batch
         self._record_step("prefill", result.started, result.finished, batch.batch_size(),
-                          int(batch.extend_num_tokens or 0), self._prefill_cores)
+                          int(batch.extend_num_tokens or 0), sum(batch.prefix_lens or ()), self._prefill_cores)
 
     def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
-                     cores: list[int]):
-        self.steps.append({"worker": worker, "start": started, "end": finished,
-                           "batch_size": batch_size, "tokens": tokens, "cores": cores})
+                     context: int, cores: list[int]):
+        # context: tokens already in the KV cache that this step attends to (decode: every
+        # sequence's length; prefill: the cached prefixes), for fitting step-time models.
+        self.steps.append({"worker": worker, "start": started, "end": finished, "batch_size": batch_size,
+                           "tokens": tokens, "context": context, "cores": cores})
         self.semipd_metrics.record_step(worker, finished - started, batch_size)
 
     # -- the split -----------------------------------------------------------------------------
@@ -196,7 +199,7 @@ class SemiPDScheduler(Scheduler):
 
     def split_state(self) -> dict:
         return {"split": {"prefill": self.split.prefill, "decode": self.split.decode},
-                "backend": self.partition.name, "unit": self.partition.unit,
+                "backend": self.partition.name, "unit": self.partition.unit, "units": self.partition.units,
                 "lend_idle_cores": self.lend_idle_cores,
                 "valid": self.partition.valid_range(), "history": list(self.split_history)}
 

@@ -50,7 +50,9 @@ def parse_rates(text: str | None) -> list[float] | None:
     return rates
 
 
-def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str):
+def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str, seed: int = 0):
+    """Replay once. Give each replay on the same server its own `seed`: the same prompts again
+    would hit the radix cache and flatter the later runs."""
     from tuner.loadgen import replay
 
     bar = None
@@ -59,7 +61,7 @@ def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str):
 
         bar = tqdm(total=len(requests), desc=label, unit="req", file=sys.stderr)
     started = time.perf_counter()
-    records = asyncio.run(replay(url, requests, vocab, on_done=(lambda _: bar.update()) if bar else None))
+    records = asyncio.run(replay(url, requests, vocab, seed=seed, on_done=(lambda _: bar.update()) if bar else None))
     if bar:
         bar.close()
     return records, time.perf_counter() - started
@@ -87,9 +89,10 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     show_progress = not args.json and sys.stderr.isatty()
     natural = mean_rate(requests)
     per_rate = []
-    for rate in rates or [natural]:
+    for index, rate in enumerate(rates or [natural]):
         timed = requests if rates is None else scale_rate(requests, rate / natural)
-        records, duration = run_rate(args.url, timed, args.vocab, show_progress, f"{label} @ {rate:.2f}/s")
+        records, duration = run_rate(args.url, timed, args.vocab, show_progress, f"{label} @ {rate:.2f}/s",
+                                     seed=index)
         if args.records:
             write_records(args.records, records, label=label, rate=rate)
         per_rate.append({"rate": rate, **summarize(records, args.ttft_slo, args.tpot_slo, duration)})
@@ -120,7 +123,9 @@ def print_report(result: dict) -> None:
     print(f"goodput (highest rate with >= {ATTAINMENT_TARGET:.0%} attainment): {result['goodput_rps']:.2f} req/s")
 
 
-def plot_attainment(results: list[dict], path: str) -> None:
+def plot_attainment(results: list[dict], path: str, title: str | None = None,
+                    xlabel: str = "request rate (req/s)") -> None:
+    """Attainment vs rate, one line per result ({label, goodput_rps, rates: [{rate, slo_attainment}]})."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +137,9 @@ def plot_attainment(results: list[dict], path: str) -> None:
         ax.plot(rates, [100 * r["slo_attainment"] for r in result["rates"]], marker="o",
                 label=f"{result['label']} (goodput {result['goodput_rps']:.2f}/s)")
     ax.axhline(100 * ATTAINMENT_TARGET, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("request rate (req/s)")
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_ylabel("requests meeting both SLOs (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)

@@ -35,7 +35,7 @@ def calibrate(url: str, requests, vocab: int) -> dict:
     records = []
     for r in requests:  # one at a time: unloaded
         records += asyncio.run(replay(url, [Request(0.0, r.prompt_len, r.output_len, r.prefix_group, r.prefix_len)],
-                                      vocab, seed=len(records)))
+                                      vocab, seed=10_000 + len(records)))  # prompts no benchmark sends
     failed = [r.error for r in records if not r.ok]
     if failed:
         raise RuntimeError(f"{len(failed)} calibration request(s) failed: {failed[0]}")

@@ -16,6 +16,10 @@ COMMANDS = {
     "make-model": "engine.model_factory",
     "bench": "tuner.bench",
     "calibrate-slo": "tuner.calibrate_slo",
+    "simulate": "tuner.simulate",
+    "calibrate-model": "tuner.calibrate_model",
+    "tune": "tuner.tune",
+    "search": "tuner.search",
 }
 
 

@@ -82,3 +82,16 @@ def write_records(path, records, **extra) -> None:
     with open(path, "a") as f:
         for record in records:
             f.write(json.dumps({**extra, **asdict(record), "tpot_s": record.tpot_s}) + "\n")
+
+
+def bisect_goodput(attainment_at, low: float, high: float, target: float = 0.9, iterations: int = 7) -> float:
+    """Goodput by bisection over the rate: `attainment_at(rate)` -> attainment. 0.0 if `low`
+    already misses; `high` if even it meets the target."""
+    if attainment_at(low) < target:
+        return 0.0
+    if attainment_at(high) >= target:
+        return high
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if attainment_at(middle) >= target else (low, middle)
+    return low

@@ -54,6 +54,7 @@ class Workers:
 class PartitionBackend(Protocol):
     name: str
     unit: str
+    units: int  # what the whole device has, in `unit`
 
     def check(self, split: Split) -> None:
         """Raise InvalidSplit, naming the valid range, if the split cannot be applied."""

@@ -27,6 +27,10 @@ class CpuCores:
         self.sets: dict[str, list[int]] = {}
         self.lent: dict[str, bool] = {}
 
+    @property
+    def units(self) -> int:
+        return len(self.cores)
+
     def valid_range(self) -> str:
         n = len(self.cores)
         return f"each share is a whole number of cores from 1 to {n} (this machine has {n} usable: {self.cores})"

@@ -112,6 +112,10 @@ class GreenContexts:
     def largest(self) -> int:
         return self.min_sms + (self.device_sms - self.min_sms) // self.step * self.step
 
+    @property
+    def units(self) -> int:
+        return self.device_sms
+
     def valid_range(self) -> str:
         return (f"each share is a number of SMs from {self.min_sms} to {self.largest()} in steps of "
                 f"{self.step} ({self.min_sms}, {self.min_sms + self.step}, ...; this GPU has "

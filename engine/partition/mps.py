@@ -46,6 +46,7 @@ class MpsPercent:
 
     name = "mps"
     unit = "percent of SMs"
+    units = 100
 
     def __init__(self, started_with: Split | None = None):
         self.in_force: dict[str, int] = {}

@@ -1,0 +1,298 @@
+"""The tuner service: observe the engine, let a policy decide, apply the split; serve its state.
+
+Every tick: read the engine's split and metrics, turn the cumulative histograms into this window's
+(tuner/prom_metrics.py), call the policy's `decide` (the same call the simulator makes), and apply
+a new split through the engine's admin API. A failed read keeps the split in force, is reported,
+and the next try backs off (up to 30 s). A split the engine rejects, or one outside the range it
+reports, is recorded and never retried blindly. Settings, the policy's state and every decision
+are kept in SQLite (tuner/tuner_store.py), so a restarted tuner resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+from policies import POLICIES, get_policy, load_params, quantile
+from tuner.prom_metrics import MetricsError, Snapshot, observe, parse
+from tuner.tuner_store import TunerStore
+
+MAX_BACKOFF_S = 30.0
+
+
+class SplitRejected(RuntimeError):
+    pass
+
+
+@dataclass
+class Settings:
+    ttft_slo_s: float
+    tpot_slo_s: float
+    policy: str = "mpc"
+    params: dict = field(default_factory=dict)
+    enabled: bool = True
+    interval_s: float = 2.0
+
+
+def checked(settings: Settings) -> Settings:
+    """The same settings with the policy's parameters filled in; ValueError names what is wrong."""
+    for name in ("ttft_slo_s", "tpot_slo_s", "interval_s"):
+        value = getattr(settings, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 3600 or math.isnan(value):
+            raise ValueError(f"{name} must be a number of seconds in (0, 3600), got {value!r}")
+    if settings.policy not in POLICIES:
+        raise ValueError(f"unknown policy {settings.policy!r}; valid policies: {', '.join(POLICIES)}")
+    if not isinstance(settings.enabled, bool):
+        raise ValueError(f"enabled must be true or false, got {settings.enabled!r}")
+    params = load_params(settings.policy, overrides=settings.params)
+    return Settings(float(settings.ttft_slo_s), float(settings.tpot_slo_s), settings.policy, params,
+                    settings.enabled, float(settings.interval_s))
+
+
+class EngineClient:
+    """The engine's HTTP API as the tuner uses it."""
+
+    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 5.0):
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self.timeout_s = timeout_s
+
+    def split(self) -> dict:
+        response = httpx.get(self.url + "/semipd/split", headers=self.headers, timeout=self.timeout_s)
+        response.raise_for_status()
+        state = response.json()
+        if not all(isinstance(v, int) for v in (state["split"]["prefill"], state["split"]["decode"], state["units"])):
+            raise ValueError(f"/semipd/split answered an unexpected shape: {str(state)[:200]}")
+        return state
+
+    def set_split(self, split: tuple[int, int], who: str) -> dict:
+        response = httpx.post(self.url + "/semipd/split", headers=self.headers, timeout=self.timeout_s,
+                              json={"prefill": split[0], "decode": split[1], "who": who})
+        if response.status_code != 200:
+            raise SplitRejected(f"engine answered {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def snapshot(self) -> Snapshot:
+        response = httpx.get(self.url + "/metrics", timeout=self.timeout_s)
+        response.raise_for_status()
+        return parse(response.text)
+
+
+def window_summary(obs) -> dict:
+    """What the dashboard plots for one window."""
+    out = {"time": obs.time_s, "window_s": obs.window_s, "split": list(obs.split), "units": obs.units,
+           "rate": obs.arrival_rate, "prefill_busy": obs.prefill_busy, "decode_busy": obs.decode_busy,
+           "waiting": obs.waiting, "running": obs.running, "ttft_count": obs.ttft.total, "tpot_count": obs.tpot.total}
+    for name, hist, slo in (("ttft", obs.ttft, obs.ttft_slo_s), ("tpot", obs.tpot, obs.tpot_slo_s)):
+        for q in (50, 90, 99):
+            value = quantile(hist, q / 100)
+            out[f"{name}_p{q}_s"] = None if math.isnan(value) else value
+        share = hist.share_at_most(slo)
+        out[f"{name}_attainment"] = None if math.isnan(share) else share
+    return out
+
+
+class Tuner:
+    def __init__(self, engine: EngineClient, store: TunerStore, settings: Settings, source=None, fresh: bool = False):
+        self.engine, self.store = engine, store
+        self.source = source or engine  # where metrics come from: the engine, or Prometheus
+        saved = None if fresh else store.get("settings")
+        self.settings = checked(Settings(**saved) if saved else settings)
+        self.resumed = saved is not None
+        self.policy_state = ({} if fresh else store.get("policy_state")) or {}
+        store.put("settings", asdict(self.settings))
+        self.lock = threading.RLock()
+        self.previous: Snapshot | None = None
+        self.windows: deque[dict] = deque(maxlen=1800)
+        self.split_state: dict | None = None
+        self.status, self.failures, self.outage_since = "starting", 0, None
+        self.last_reason = ""
+        self.counts = {"ticks": 0, "decisions": 0, "applied": 0, "rejected": 0, "read_failures": 0}
+
+    # -- one tick ------------------------------------------------------------------------------
+    def tick(self) -> float:
+        """Observe, decide, act; returns the seconds until the next tick."""
+        with self.lock:
+            self.counts["ticks"] += 1
+            try:
+                split_state = self.engine.split()
+                snapshot = self.source.snapshot()
+            except (httpx.HTTPError, MetricsError, KeyError, TypeError, ValueError) as exc:
+                return self._failed(exc)
+            if self.outage_since is not None:
+                self.store.add_event("recovered", f"engine readable again after {time.time() - self.outage_since:.0f} s "
+                                                  f"({self.failures} failed reads); the split in force is "
+                                                  f"{split_state['split']['prefill']},{split_state['split']['decode']}")
+                self.previous = None  # the engine may have restarted: start a fresh window
+            self.status, self.failures, self.outage_since = "ok", 0, None
+            self.split_state = split_state
+            split = (split_state["split"]["prefill"], split_state["split"]["decode"])
+            s = self.settings
+            obs = observe(self.previous, snapshot, split, split_state["units"], s.ttft_slo_s, s.tpot_slo_s)
+            first = self.previous is None
+            self.previous = snapshot
+            if first:
+                return s.interval_s  # cumulative counts since the engine started are not a window
+            self.windows.append(window_summary(obs))
+            if s.enabled:
+                self._decide(obs, split, split_state["units"])
+            return s.interval_s
+
+    def _failed(self, exc: Exception) -> float:
+        self.failures += 1
+        self.counts["read_failures"] += 1
+        kind = "metrics unreadable" if isinstance(exc, (MetricsError, KeyError, TypeError, ValueError)) else "engine unreachable"
+        self.status = f"{kind}: {exc}"
+        if self.outage_since is None:
+            self.outage_since = time.time()
+        self.store.add_event(kind, f"{exc} (failure {self.failures}; keeping the split in force)")
+        return min(MAX_BACKOFF_S, self.settings.interval_s * 2 ** self.failures)
+
+    def _decide(self, obs, split: tuple[int, int], units: int) -> None:
+        decision = get_policy(self.settings.policy).decide(obs, self.settings.params, self.policy_state)
+        self.policy_state = decision.state
+        self.store.put("policy_state", self.policy_state)
+        self.last_reason = decision.reason
+        if decision.split is None or tuple(decision.split) == split:
+            return
+        self.counts["decisions"] += 1
+        self._apply(tuple(decision.split), split, units, f"policy {self.settings.policy}", decision.reason)
+
+    @staticmethod
+    def invalid(split, units: int) -> str | None:
+        if len(split) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= units for v in split):
+            return f"split {list(split)} is outside the engine's range: each share a whole number from 1 to {units}"
+        return None
+
+    def _apply(self, new: tuple[int, int], old, units: int, who: str, reason: str) -> dict:
+        error = self.invalid(new, units)
+        if error:
+            self.counts["rejected"] += 1
+            self.store.add_event("invalid split", f"{who}: {error}; not applied")
+            return self.store.add_decision(old, list(new), who, reason, False, error)
+        try:
+            self.engine.set_split(new, who)
+        except (SplitRejected, httpx.HTTPError) as exc:
+            self.counts["rejected"] += 1
+            self.store.add_event("split rejected", f"{who}: {new[0]},{new[1]}: {exc}")
+            return self.store.add_decision(old, list(new), who, reason, False, str(exc))
+        self.counts["applied"] += 1
+        return self.store.add_decision(old, list(new), who, reason, True)
+
+    # -- operator ------------------------------------------------------------------------------
+    def update_settings(self, changes: dict) -> Settings:
+        with self.lock:
+            unknown = set(changes) - set(Settings.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown setting(s) {sorted(unknown)}; settings: {', '.join(Settings.__dataclass_fields__)}")
+            merged = asdict(self.settings) | changes
+            if "policy" in changes and "params" not in changes:
+                merged["params"] = {}  # another policy: its own defaults
+            new = checked(Settings(**merged))
+            if new.policy != self.settings.policy or new.params != self.settings.params:
+                self.policy_state = {}
+                self.store.put("policy_state", {})
+            self.settings = new
+            self.store.put("settings", asdict(new))
+            self.store.add_event("settings", f"changed {sorted(changes)}")
+            return new
+
+    def force_split(self, prefill, decode, who: str = "operator") -> dict:
+        with self.lock:
+            state = self.split_state or self.engine.split()
+            error = self.invalid((prefill, decode), state["units"])
+            if error:
+                raise ValueError(error)
+            old = (state["split"]["prefill"], state["split"]["decode"])
+            decision = self._apply((prefill, decode), old, state["units"], who, "set by hand")
+            if not decision["applied"]:
+                raise SplitRejected(decision["error"])
+            self.split_state = None
+            return decision
+
+    def state(self) -> dict:
+        with self.lock:
+            return {"settings": asdict(self.settings), "status": self.status, "failures": self.failures,
+                    "outage_since": self.outage_since, "engine": self.engine.url, "split": self.split_state,
+                    "last_reason": self.last_reason, "counts": dict(self.counts), "resumed": self.resumed,
+                    "windows": list(self.windows)[-300:], "decisions": self.store.decisions(limit=100),
+                    "events": self.store.events(limit=50)}
+
+    def metrics_text(self) -> str:
+        with self.lock:
+            s, last = self.settings, (self.windows[-1] if self.windows else {})
+            lines = [f"semipd_tuner_enabled {int(s.enabled)}", f"semipd_tuner_ttft_slo_seconds {s.ttft_slo_s}",
+                     f"semipd_tuner_tpot_slo_seconds {s.tpot_slo_s}", f"semipd_tuner_engine_up {int(self.status == 'ok')}"]
+            lines += [f"semipd_tuner_{name}_total {value}" for name, value in self.counts.items()]
+            for key in ("ttft_p90_s", "tpot_p90_s", "ttft_attainment", "tpot_attainment", "rate"):
+                if last.get(key) is not None:
+                    lines.append(f"semipd_tuner_window_{key.removesuffix('_s')} {last[key]}")
+            if self.split_state:
+                for role in ("prefill", "decode"):
+                    lines.append(f'semipd_tuner_split{{worker="{role}"}} {self.split_state["split"][role]}')
+            return "\n".join(lines) + "\n"
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            stop.wait(self.tick())
+
+
+def make_handler(tuner: Tuner):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet: the tuner logs its own events
+            pass
+
+        def _send(self, status: int, body, content_type: str = "application/json") -> None:
+            data = (body if isinstance(body, str) else json.dumps(body)).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            url = urlparse(self.path)
+            since = float(parse_qs(url.query).get("since", ["0"])[0] or 0)
+            routes = {"/health": lambda: {"ok": True, "status": tuner.status},
+                      "/state": tuner.state,
+                      "/decisions": lambda: {"decisions": tuner.store.decisions(since)},
+                      "/events": lambda: {"events": tuner.store.events(since)}}
+            if url.path == "/metrics":
+                return self._send(200, tuner.metrics_text(), "text/plain; version=0.0.4")
+            if url.path not in routes:
+                return self._send(404, {"error": f"no route {url.path}; routes: {', '.join([*routes, '/metrics'])}"})
+            self._send(200, routes[url.path]())
+
+        def do_POST(self):
+            url = urlparse(self.path)
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                if url.path == "/settings":
+                    return self._send(200, {"settings": asdict(tuner.update_settings(body))})
+                if url.path == "/split":
+                    if set(body) - {"prefill", "decode", "who"} or not {"prefill", "decode"} <= set(body):
+                        raise ValueError('give {"prefill": P, "decode": D}')
+                    return self._send(200, tuner.force_split(body["prefill"], body["decode"], body.get("who", "operator")))
+                return self._send(404, {"error": f"no route {url.path}; POST routes: /settings, /split"})
+            except ValueError as exc:
+                return self._send(400, {"error": str(exc)})
+            except (SplitRejected, httpx.HTTPError) as exc:
+                return self._send(502, {"error": str(exc)})
+
+    return Handler
+
+
+def serve(tuner: Tuner, host: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(tuner))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
