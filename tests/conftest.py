@@ -28,8 +28,8 @@ def tiny_model() -> Path:
     return cached_model("tiny")
 
 
-def start_semipd_server(model: Path, log_dir: Path, *extra: str) -> ServerProcess:
-    port = free_port()
+def start_semipd_server(model: Path, log_dir: Path, *extra: str, port: int | None = None) -> ServerProcess:
+    port = port or free_port()
     command = [*SEMIPD, "serve", "--model", str(model), "--port", str(port), *extra]
     server = ServerProcess(command, f"http://127.0.0.1:{port}", log_dir / f"server-{port}.log",
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -54,3 +54,12 @@ def semipd_server(tiny_model, tmp_path_factory):
                                  "--split", "1,1", *EXACT)
     yield server
     server.stop()
+
+
+def start_tuner(engine_url: str, store: Path, *extra: str, port: int | None = None) -> ServerProcess:
+    """`semipd tune` as a user starts it, on loopback."""
+    port = port or free_port()
+    command = [*SEMIPD, "tune", "--engine", engine_url, "--port", str(port), "--store", str(store), *extra]
+    tuner = ServerProcess(command, f"http://127.0.0.1:{port}", store.with_suffix(f".{port}.log"),
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return tuner.start(timeout_s=60)
