@@ -58,12 +58,14 @@ def observe(state: dict, split: tuple[int, int], units: int, busy: float, ttft_p
 
 
 def window_fit(obs, params: dict, state: dict):
-    """The shared first half of the model-based policies: collect `window` ticks, then take the
+    """The shared first half of the model-based policies: collect a window (at least `window`
+    ticks and `min_samples` first tokens), then take the
     `percentile` TTFT and TPOT and refit. Returns a reason to wait (str), or
-    (TTFT percentile, TPOT percentile, fitted LatencyModel). Updates `state` in place."""
+    (TTFT percentile, TPOT percentile, fitted LatencyModel, TTFT histogram, TPOT histogram).
+    Updates `state` in place."""
     from policies.observation import collect_window, quantile
 
-    window = collect_window(state, obs, params["window"])
+    window = collect_window(state, obs, params["window"], params["min_samples"])
     if window is None:
         return "collecting the window"
     ttft, tpot, busy = window
@@ -71,4 +73,5 @@ def window_fit(obs, params: dict, state: dict):
         return f"only {ttft.total} TTFT samples (< {params['min_samples']})"
     q = params["percentile"] / 100
     ttft_p, tpot_p = quantile(ttft, q), quantile(tpot, q)
-    return ttft_p, tpot_p, observe(state, obs.split, obs.units, busy, ttft_p, tpot_p, params["history"])
+    model = observe(state, obs.split, obs.units, busy, ttft_p, tpot_p, params["history"])
+    return ttft_p, tpot_p, model, ttft, tpot

@@ -1,12 +1,15 @@
-"""Our policy: model-predictive control over the paper's fitted latency models, with hysteresis.
+"""Our policy: model-predictive control of SLO attainment, with hysteresis.
 
-Every `window` ticks it refits TTFT(x) and TPOT(y) (policies/latency_model.py), predicts the
-p-th percentile of both for every candidate split, and picks the one whose worse latency, as a
-fraction of its SLO, is smallest (minimax slack). Unlike Algorithm 1 it moves as far as the models
-say in one decision, takes compute back from a phase with slack, and acts when both phases miss
-(toward balance instead of keeping). Against oscillation: it moves only when the predicted gain
-beats `hysteresis`, not while both phases already meet their SLOs with `comfort` to spare, and
-waits `cooldown` windows after a move for the models to see the new split.
+Every window it refits the paper's latency models TTFT(x) and TPOT(y) (policies/latency_model.py)
+and, for every candidate split, predicts the share of requests that would meet each SLO: the
+window's own TTFT and TPOT histograms, scaled by the models' ratio between the candidate and the
+split in force. It picks the split with the highest predicted joint attainment (the smaller of
+the two). Unlike Algorithm 1 it aims at the tail that attainment counts rather than at one
+percentile, moves as far as the models say in one decision, and takes compute back from a phase
+with slack; when both phases miss it moves only if some split is predicted to serve more requests
+within both SLOs. Against oscillation: it moves only when the predicted gain
+beats `hysteresis`, not while both attainments are above `comfort`, and waits `cooldown` windows
+after a move for the models to see the new split.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import math
 from policies.latency_model import window_fit
 from policies.observation import Decision, Observation
 
-DEFAULTS = {"percentile": 90, "window": 2, "min_samples": 10, "history": 12, "hysteresis": 0.1,
-            "comfort": 0.8, "cooldown": 1, "max_move_pct": 40.0, "min_pct": 10.0, "grain_pct": 5.0,
+DEFAULTS = {"percentile": 90, "window": 2, "min_samples": 10, "history": 12, "hysteresis": 0.02,
+            "comfort": 0.97, "cooldown": 1, "max_move_pct": 40.0, "min_pct": 10.0, "grain_pct": 5.0,
             "overlap": 0}
 SPACE = {"percentile": (50, 99, "int"), "window": (1, 20, "int"), "min_samples": (1, 500, "int"),
-         "history": (2, 100, "int"), "hysteresis": (0.0, 0.5, "float"), "comfort": (0.3, 1.0, "float"),
+         "history": (2, 100, "int"), "hysteresis": (0.0, 0.2, "float"), "comfort": (0.5, 1.0, "float"),
          "cooldown": (0, 10, "int"), "max_move_pct": (5.0, 100.0, "float"), "min_pct": (1.0, 50.0, "float"),
          "grain_pct": (1.0, 25.0, "float"), "overlap": (0, 1, "int")}
 
@@ -41,23 +44,30 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
     fitted = window_fit(obs, params, state)
     if isinstance(fitted, str):
         return Decision(None, fitted, state)
-    ttft_p, tpot_p, model = fitted
+    ttft_p, tpot_p, model, ttft, tpot = fitted
+    units, (x, y) = obs.units, obs.split
+
+    def attainment(split) -> float:
+        """Predicted share meeting both SLOs at `split`: a sample meets the TTFT SLO there if it
+        is below the SLO scaled back by how much faster (or slower) the split makes TTFT."""
+        speed_ttft = model.ttft(split[0] / units) / model.ttft(x / units)
+        ok_ttft = ttft.share_at_most(obs.ttft_slo_s / speed_ttft) if math.isfinite(speed_ttft) else 0.0
+        if not tpot.total:
+            return ok_ttft
+        speed_tpot = model.tpot(split[1] / units) / model.tpot(y / units)
+        return min(ok_ttft, tpot.share_at_most(obs.tpot_slo_s / speed_tpot))
+
     seen = f"p{params['percentile']} TTFT {ttft_p * 1e3:.0f} ms, TPOT {tpot_p * 1e3:.0f} ms"
-    slack = lambda t, p: max(t / obs.ttft_slo_s, 0.0 if math.isnan(p) else p / obs.tpot_slo_s)
-    now = slack(ttft_p, tpot_p)
+    now = attainment((x, y))
     if state.get("cooldown", 0) > 0:
         state["cooldown"] -= 1
         return Decision(None, f"cooling down after a move ({seen})", state)
-    if now <= params["comfort"]:
-        return Decision(None, f"both SLOs met with room ({seen}): keep", state)
-
-    units = obs.units
-    predict = lambda s: slack(model.ttft(s[0] / units), model.tpot(s[1] / units) if not math.isnan(tpot_p) else math.nan)
-    here = predict(obs.split)
-    best = min(candidates(obs.split, units, params), key=lambda s: (predict(s), abs(s[0] - obs.split[0])))
-    gain = predict(best)
-    if best == tuple(obs.split) or not gain < here * (1 - params["hysteresis"]):
-        return Decision(None, f"no split predicted clearly better ({seen}; worst/SLO {here:.2f} now, "
-                              f"{gain:.2f} at best)", state)
+    if now >= params["comfort"]:
+        return Decision(None, f"both SLOs met by {now:.0%} of requests ({seen}): keep", state)
+    best = max(candidates((x, y), units, params), key=lambda s: (attainment(s), -abs(s[0] - x)))
+    gain = attainment(best)
+    if best == (x, y) or gain < now + params["hysteresis"]:
+        return Decision(None, f"no split predicted clearly better ({seen}; attainment {now:.0%} now, "
+                              f"{gain:.0%} at best)", state)
     state["cooldown"] = params["cooldown"]
-    return Decision(best, f"{seen}: predicted worst/SLO {here:.2f} -> {gain:.2f} at {best[0]},{best[1]}", state)
+    return Decision(best, f"{seen}: predicted attainment {now:.0%} -> {gain:.0%} at {best[0]},{best[1]}", state)

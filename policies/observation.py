@@ -90,14 +90,16 @@ class Decision:
     state: dict
 
 
-def collect_window(state: dict, obs: Observation, ticks: int):
-    """Accumulate ticks into `state` until `ticks` have been seen; then return the merged window
-    as (TTFT histogram, TPOT histogram, mean prefill busy share) and clear it, else None."""
+def collect_window(state: dict, obs: Observation, ticks: int, min_samples: int = 0):
+    """Accumulate ticks into `state` until at least `ticks` have been seen and the window holds
+    `min_samples` first tokens (or 10 x `ticks` passed: a quiet engine still gets decisions);
+    then return the merged window as (TTFT histogram, TPOT histogram, mean prefill busy share)
+    and clear it, else None."""
     state["ticks"] = state.get("ticks", 0) + 1
     for key, hist in (("ttft", obs.ttft), ("tpot", obs.tpot)):
         state[key] = [a + b for a, b in zip(state[key], hist.counts)] if state.get(key) else list(hist.counts)
     state["busy"] = state.get("busy", 0.0) + obs.prefill_busy
-    if state["ticks"] < ticks:
+    if state["ticks"] < ticks or (sum(state["ttft"]) < min_samples and state["ticks"] < 10 * ticks):
         return None
     ttft = Histogram(obs.ttft.bounds, tuple(state.pop("ttft")))
     tpot = Histogram(obs.tpot.bounds, tuple(state.pop("tpot")))
