@@ -1,7 +1,7 @@
 """Policies against the best static split chosen in hindsight, in the simulator.
 
 A100-80GB roofline, Llama-3-8B, semi-PD with disjoint SM partitions (as green contexts give), on a
-workload whose mix changes: decode-heavy, then prefill-heavy, then a burst. Every static split on
+workload whose mix changes: 4 minutes decode-heavy, 4 minutes prefill-heavy, then a 1-minute burst. Every static split on
 a 10% grid is simulated; the best of them, chosen after the fact, is the bar. Then the paper's
 `semipd` policy and our `mpc` start from 50/50 and move the split live. Prints SLO attainment and
 goodput (bisection over a rate scale) for each, and the ratios.
@@ -21,39 +21,29 @@ from policies import get_policy, load_params  # noqa: E402
 from tuner.perf_model import build_model  # noqa: E402
 from tuner.report import bisect_goodput, summarize  # noqa: E402
 from tuner.simulate import simulate  # noqa: E402
-from tuner.workload import Request, parse_workload  # noqa: E402
+from tuner.workload import parse_workload, scale_rate  # noqa: E402
 
-PHASES = [  # (seconds, SPEC without count): decode-heavy, prefill-heavy, burst
-    (240, "poisson:rate=10,prompt=uniform(100,400),output=uniform(200,600),seed=1"),
-    (240, "poisson:rate=3,prompt=uniform(1200,2400),output=uniform(10,60),seed=2"),
-    (60, "poisson:rate=9,prompt=uniform(200,1200),output=uniform(50,300),seed=3"),
-]
-
-
-def shifting_workload(phases=PHASES, scale: float = 1.0) -> list[Request]:
-    """The phases one after another; `scale` multiplies every rate."""
-    requests, start = [], 0.0
-    for seconds, spec in phases:
-        rate = float(spec.split("rate=")[1].split(",")[0]) * scale
-        spec = spec.replace(spec.split(",")[0], f"poisson:rate={rate}")
-        phase = parse_workload(f"{spec},count={max(1, int(rate * seconds))}")
-        requests += [Request(start + r.arrival_s, r.prompt_len, r.output_len) for r in phase if r.arrival_s < seconds]
-        start += seconds
-    return requests
+# decode-heavy, then prefill-heavy, then a burst (`concat:` puts them one after another)
+SHIFTING = ("concat:poisson:rate=10,prompt=uniform(100,400),output=uniform(200,600),count=2400,seed=1;"
+            "poisson:rate=3,prompt=uniform(1200,2400),output=uniform(10,60),count=720,seed=2;"
+            "poisson:rate=9,prompt=uniform(200,1200),output=uniform(50,300),count=540,seed=3")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ttft-slo", type=float, default=0.5)
     parser.add_argument("--tpot-slo", type=float, default=0.05)
+    parser.add_argument("--workload", default=SHIFTING, metavar="SPEC", help="default: the shifting mix above")
     parser.add_argument("--params", nargs="*", default=[], metavar="POLICY:FILE",
                         help="also run a policy with searched parameters, e.g. mpc:best.json")
     args = parser.parse_args()
     model = build_model("a100-80gb", "llama-3-8b")
     slo = (args.ttft_slo, args.tpot_slo)
 
+    workload = parse_workload(args.workload)
+
     def attainment(scale: float, split, policy=None, params=None) -> float:
-        records, _ = simulate(model, shifting_workload(scale=scale), "semi-pd", *slo, split=split,
+        records, _ = simulate(model, scale_rate(workload, scale), "semi-pd", *slo, split=split,
                               policy=policy, policy_params=params)
         return summarize(records, *slo)["slo_attainment"]
 
@@ -69,8 +59,7 @@ def main() -> int:
         candidates[f"{name} ({path})"] = dict(split=(50, 50), policy=get_policy(name), params=load_params(name, path))
     candidates["static 100/100 (overlapping, reference)"] = dict(split=(100, 100))
 
-    phases = " -> ".join(f"{seconds} s of {spec.split(':')[1].rsplit(',', 1)[0]}" for seconds, spec in PHASES)
-    print(f"A100-80GB / Llama-3-8B roofline, semi-PD, SLOs TTFT {slo[0]} s TPOT {slo[1]} s; workload: {phases}")
+    print(f"A100-80GB / Llama-3-8B roofline, semi-PD, SLOs TTFT {slo[0]} s TPOT {slo[1]} s; workload: {args.workload}")
     results = {}
     for name, options in candidates.items():
         results[name] = (attainment(1.0, **options), bisect_goodput(lambda s: attainment(s, **options), 0.25, 2.0))

@@ -30,6 +30,9 @@ Workload SPEC (one string; lengths in tokens, times in seconds):
   shared-prefix:groups=G,per_group=N,prefix=P,question=Q,output=O,rate=R[,seed=K]
       G groups of N requests; the requests of a group share a P-token system prompt and each adds
       its own Q-token question; Poisson arrivals, groups interleaved.
+  concat:SPEC1;SPEC2;...
+      the parts one after another (each starts after the previous part's last arrival): a mix
+      that changes over time.
   DIST is a number, uniform(a,b), lognormal(mean,sigma) (of the length, not of its log), or
   trace(PATH[,scale]): lengths drawn from those of a trace (its prompt or output column), scaled.
 Examples:
@@ -216,6 +219,8 @@ def _number(fields: dict, key: str, kind=float, default=None, low=None):
 def parse_workload(spec: str) -> list[Request]:
     """Build the requests a SPEC names (see SPEC_HELP); a WorkloadError says what is wrong."""
     kind, _, body = spec.partition(":")
+    if kind == "concat":
+        return concat_workload(body)
     try:
         if kind == "trace":
             path, _, rest = body.partition(",")
@@ -246,11 +251,23 @@ def parse_workload(spec: str) -> list[Request]:
             times = gamma_arrivals(len(order), rate, 1.0, rng)
             requests = [Request(t, prefix + question, output, g, prefix) for t, g in zip(times, order)]
         else:
-            raise WorkloadError(f"unknown workload kind {kind!r}: use trace, poisson, gamma or shared-prefix")
+            raise WorkloadError(f"unknown workload kind {kind!r}: use trace, poisson, gamma, shared-prefix or concat")
     except WorkloadError as exc:
         raise WorkloadError(f"workload {spec!r}: {exc}") from None
     if f:
         raise WorkloadError(f"workload {spec!r}: unknown field(s) {', '.join(sorted(f))}")
+    return requests
+
+
+def concat_workload(body: str) -> list[Request]:
+    """concat:SPEC1;SPEC2;...: each part after the previous one's last arrival (a mix that changes)."""
+    requests, start = [], 0.0
+    for part in body.split(";"):
+        if not part.strip():
+            raise WorkloadError(f"workload 'concat:{body}': an empty part")
+        requests += [Request(r.arrival_s + start, r.prompt_len, r.output_len, r.prefix_group, r.prefix_len)
+                     for r in parse_workload(part.strip())]
+        start = requests[-1].arrival_s
     return requests
 
 
