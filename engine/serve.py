@@ -77,8 +77,15 @@ def default_max_total_tokens(model_path: str | Path, free_bytes: int) -> int:
 def sglang_argv(model: str, host: str, port: int, device: str, passthrough: list[str]) -> list[str]:
     """SGLang launch_server arguments: semipd's defaults, then the user's flags (which win)."""
     argv = ["--model-path", model, "--host", host, "--port", str(port), "--device", device]
+    from policies.observation import LATENCY_BUCKETS_S  # a shared API constant: the tuner reads these
+
+    buckets = [str(b) for b in LATENCY_BUCKETS_S]
     defaults: list[tuple[str, list[str]]] = [
         ("--enable-metrics", []),
+        # finer TTFT/TPOT histograms than SGLang's (0.1, 0.2, 0.4, ... s): windowed percentiles
+        # near tight SLOs are what the tuner decides on
+        ("--bucket-time-to-first-token", buckets),
+        ("--bucket-inter-token-latency", buckets),
         ("--max-total-tokens", [str(default_max_total_tokens(model, available_memory_bytes()))]),
     ]
     if device == "cpu":

@@ -72,6 +72,15 @@ def test_shared_prefix_groups_share_their_prefix_tokens():
     assert by_group[0][0][:50] != by_group[1][0][:50]
 
 
+def test_concat_puts_parts_one_after_another():
+    first, second = "poisson:rate=10,prompt=100,output=10,count=20", "poisson:rate=1,prompt=2000,output=5,count=5"
+    parts = parse_workload(first), parse_workload(second)
+    both = parse_workload(f"concat:{first};{second}")
+    assert [r.prompt_len for r in both] == [100] * 20 + [2000] * 5
+    assert all(a.arrival_s <= b.arrival_s for a, b in zip(both, both[1:]))
+    assert both[20].arrival_s == pytest.approx(parts[0][-1].arrival_s + parts[1][0].arrival_s)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nope:rate=1", "unknown workload kind 'nope'"),
     ("poisson:rate=0,prompt=5,output=5", "rate=0.0 is out of range"),
@@ -81,6 +90,8 @@ def test_shared_prefix_groups_share_their_prefix_tokens():
     ("poisson:rate=1,prompt=5,output=5,colour=red", "unknown field(s) colour"),
     ("gamma:rate=1,prompt=5,output=5", "missing cv="),
     ("trace:/no/such/file.csv", "cannot read trace"),
+    ("concat:poisson:rate=1,prompt=5,output=5;", "an empty part"),
+    ("concat:poisson:rate=1,prompt=5,output=5;poisson:rate=1,prompt=5", "missing output="),
 ])
 def test_bad_specs_name_the_problem(spec, message):
     with pytest.raises(WorkloadError, match=__import__("re").escape(message)):

@@ -1,0 +1,61 @@
+"""`semipd search`: an Optuna study in the simulator, its output read back by the other commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port, start_tuner
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOAD = "concat:poisson:rate=8,prompt=uniform(100,400),output=uniform(100,300),count=300;" \
+           "poisson:rate=3,prompt=uniform(1200,2000),output=20,count=100,seed=2"
+
+
+def semipd(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_search_writes_the_best_and_shares_one_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["search", "--policy", "semipd", "--workload", WORKLOAD, "--ttft-slo", "0.5", "--tpot-slo", "0.05",
+              "--storage", storage, "--study", "s"]
+    first = semipd(*common, "--trials", "4", "--out", str(tmp_path / "a.json"))
+    assert first.returncode == 0, first.stderr
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["trials"] == 4 and result["value"] >= result["default_value"]  # the defaults are trial 0
+    from policies import load_params
+
+    assert set(result["params"]) == set(load_params("semipd"))
+    # a second process continues the same study (any Optuna RDB URL works the same way)
+    second = semipd(*common, "--trials", "2", "--out", str(tmp_path / "b.json"))
+    assert second.returncode == 0, second.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["trials"] == 6
+    # the file is what `semipd simulate --policy NAME:FILE` reads
+    sim = semipd("simulate", "--hardware", "a100-80gb", "--model", "llama-3-8b", "--split", "50,50", "--json",
+                 "--policy", f"semipd:{tmp_path / 'a.json'}", "--workload", WORKLOAD,
+                 "--ttft-slo", "0.5", "--tpot-slo", "0.05")
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["slo_attainment"] > 0
+    # and `semipd tune --study` starts with the study's best parameters
+    best = json.loads((tmp_path / "b.json").read_text())["params"]
+    tuner = start_tuner(f"http://127.0.0.1:{free_port()}", tmp_path / "t.db", "--policy", "semipd", "--study", "s",
+                        "--storage", storage, "--ttft-slo", "0.5", "--tpot-slo", "0.05")
+    try:
+        assert httpx.get(tuner.url + "/state", timeout=10).json()["settings"]["params"] == best
+    finally:
+        tuner.stop()
+
+
+def test_search_bad_input():
+    done = semipd("search", "--policy", "magic", "--workload", WORKLOAD, "--ttft-slo", "1", "--tpot-slo", "1",
+                  "--out", "/tmp/x.json")
+    assert done.returncode == 2 and "valid policies" in done.stderr
+    done = semipd("search", "--policy", "mpc", "--workload", WORKLOAD, "--ttft-slo", "1", "--tpot-slo", "1",
+                  "--trials", "0", "--out", "/tmp/x.json")
+    assert done.returncode == 2 and "--trials must be at least 1" in done.stderr
