@@ -9,7 +9,9 @@ percentile, moves as far as the models say in one decision, and takes compute ba
 with slack; when both phases miss it moves only if some split is predicted to serve more requests
 within both SLOs. Against oscillation: it moves only when the predicted gain
 beats `hysteresis`, not while both attainments are above `comfort`, and waits `cooldown` windows
-after a move for the models to see the new split.
+after a move for the models to see the new split. When the models see no gain but exactly one
+phase misses for `probe_after` windows running (models fitted in another regime), it probes one
+step toward that phase.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from policies.observation import Decision, Observation
 
 DEFAULTS = {"percentile": 90, "window": 2, "min_samples": 10, "history": 12, "hysteresis": 0.02,
             "comfort": 0.97, "cooldown": 1, "max_move_pct": 40.0, "min_pct": 10.0, "grain_pct": 5.0,
-            "overlap": 0}
+            "overlap": 0, "probe_after": 2}
 SPACE = {"percentile": (50, 99, "int"), "window": (1, 20, "int"), "min_samples": (1, 500, "int"),
          "history": (2, 100, "int"), "hysteresis": (0.0, 0.2, "float"), "comfort": (0.5, 1.0, "float"),
          "cooldown": (0, 10, "int"), "max_move_pct": (5.0, 100.0, "float"), "min_pct": (1.0, 50.0, "float"),
-         "grain_pct": (1.0, 25.0, "float"), "overlap": (0, 1, "int")}
+         "grain_pct": (1.0, 25.0, "float"), "overlap": (0, 1, "int"), "probe_after": (1, 10, "int")}
 
 
 def candidates(split: tuple[int, int], units: int, params: dict) -> list[tuple[int, int]]:
@@ -64,10 +66,26 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
         return Decision(None, f"cooling down after a move ({seen})", state)
     if now >= params["comfort"]:
         return Decision(None, f"both SLOs met by {now:.0%} of requests ({seen}): keep", state)
-    best = max(candidates((x, y), units, params), key=lambda s: (attainment(s), -abs(s[0] - x)))
+    options = candidates((x, y), units, params)
+    best = max(options, key=lambda s: (attainment(s), -abs(s[0] - x)))
     gain = attainment(best)
-    if best == (x, y) or gain < now + params["hysteresis"]:
-        return Decision(None, f"no split predicted clearly better ({seen}; attainment {now:.0%} now, "
-                              f"{gain:.0%} at best)", state)
-    state["cooldown"] = params["cooldown"]
-    return Decision(best, f"{seen}: predicted attainment {now:.0%} -> {gain:.0%} at {best[0]},{best[1]}", state)
+    if best != (x, y) and gain >= now + params["hysteresis"]:
+        state["cooldown"] = params["cooldown"]
+        return Decision(best, f"{seen}: predicted attainment {now:.0%} -> {gain:.0%} at {best[0]},{best[1]}", state)
+    # The models see no gain, yet exactly one phase keeps missing: they may have been fitted in
+    # another regime. Probe one step toward that phase; the next window refits them with the new point.
+    ttft_miss = ttft_p > obs.ttft_slo_s
+    tpot_miss = not math.isnan(tpot_p) and tpot_p > obs.tpot_slo_s
+    missing = ("ttft" if ttft_miss else "tpot") if ttft_miss != tpot_miss else None
+    last, count = state.get("missed", (None, 0))
+    state["missed"] = (missing, count + 1 if missing == last else 1)
+    if missing and state["missed"][1] >= params["probe_after"]:
+        grow = 0 if ttft_miss else 1
+        toward = [s for s in options if s[grow] > (x, y)[grow] and s[1 - grow] <= (x, y)[1 - grow]]
+        if toward:
+            probe = min(toward, key=lambda s: (abs(s[0] - x) + abs(s[1] - y), -s[grow]))
+            state["cooldown"] = params["cooldown"]
+            return Decision(probe, f"{'TTFT' if ttft_miss else 'TPOT'} misses ({seen}) and the models see no "
+                                   f"better split: probing {probe[0]},{probe[1]}", state)
+    return Decision(None, f"no split predicted clearly better ({seen}; attainment {now:.0%} now, "
+                          f"{gain:.0%} at best)", state)

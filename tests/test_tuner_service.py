@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import free_port, start_semipd_server, start_tuner
 from tests.fault_proxy import FaultProxy
+from policies import load_params
 from tuner.loadgen import replay
 from tuner.prom_metrics import MetricsError, observe, parse
 from tuner.workload import Request
@@ -80,7 +81,7 @@ def test_settings_are_checked_persisted_and_an_unreachable_engine_is_reported(tm
             assert answer.status_code == 400 and message in answer.json()["error"]
         assert get(tuner.url)["settings"]["ttft_slo_s"] == 1.0  # nothing changed
         ok = httpx.post(tuner.url + "/settings", json={"tpot_slo_s": 0.2, "policy": "mpc", "enabled": False}, timeout=10)
-        assert ok.status_code == 200 and ok.json()["settings"]["params"]["hysteresis"] == 0.1
+        assert ok.status_code == 200 and ok.json()["settings"]["params"] == load_params("mpc")
         assert httpx.post(tuner.url + "/split", json={"prefill": 1, "decode": 1}, timeout=10).status_code == 502
         assert "semipd_tuner_read_failures_total" in httpx.get(tuner.url + "/metrics", timeout=10).text
     finally:
@@ -117,6 +118,19 @@ def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, unt
         assert result.get("failures") == [], result.get("failures")
 
 
+def ticks_to_react(state: dict, metric: str) -> int:
+    """Ticks from the first window in which `metric` missed its SLO (since the last move) to the
+    move that answered it."""
+    moved = [d for d in state["decisions"] if d["applied"]][-1]["time"]
+    before = [d["time"] for d in state["decisions"] if d["applied"] and d["time"] < moved]
+    since = before[-1] if before else 0.0
+    slo = state["settings"][f"{metric}_slo_s"]
+    missed = [w["time"] for w in state["windows"]
+              if since < w["time"] <= moved and (w[f"{metric}_p90_s"] or 0) > slo]
+    assert missed, f"no window saw {metric} miss before the move"
+    return sum(1 for w in state["windows"] if missed[0] <= w["time"] <= moved)
+
+
 def test_the_tuner_moves_the_split_toward_the_phase_that_misses(semipd_server, tmp_path):
     url = semipd_server.url
     # SLOs from this engine: a long prompt alone takes t_long; short prompts must meet TTFT and
@@ -124,17 +138,18 @@ def test_the_tuner_moves_the_split_toward_the_phase_that_misses(semipd_server, t
     t_long = asyncio.run(replay(url, [Request(0.0, 1500, 1)], 1000, seed=7))[0].ttft_s
     params = tmp_path / "mpc.json"
     params.write_text(json.dumps({"overlap": 1, "window": 1, "min_samples": 2, "cooldown": 0,
-                                  "min_pct": 50, "max_move_pct": 100}))
+                                  "min_pct": 50, "max_move_pct": 100, "probe_after": 1}))
     tuner = start_tuner(url, tmp_path / "t.db", "--policy", "mpc", "--params", str(params), "--interval", "1",
                         "--ttft-slo", f"{0.6 * t_long:.3f}", "--tpot-slo", "0.001")
     try:
         decode_heavy = [Request(0.05 * i, 8, 48) for i in range(24)]
         state = run_phase(url, decode_heavy, 100, 90, tuner.url,
                           lambda s: s["split"] and s["split"]["split"]["decode"] == 2)
-        assert state["split"]["split"]["decode"] == 2, state["last_reason"]
+        assert ticks_to_react(state, "tpot") <= 4
         prefill_heavy = [Request(0.02 * i, 1500, 1) for i in range(6)]
         state = run_phase(url, prefill_heavy, 200, 90, tuner.url,
                           lambda s: s["split"] and s["split"]["split"]["prefill"] == 2)
+        assert ticks_to_react(state, "ttft") <= 4
         decisions = [d for d in get(tuner.url)["decisions"] if d["applied"]]
         assert decisions[0]["new"][1] == 2 and decisions[-1]["new"][0] == 2
         assert all(d["who"] == "policy mpc" and d["reason"] for d in decisions)
