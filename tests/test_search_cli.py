@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from policies import load_params
 from tests.conftest import free_port, start_tuner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +29,15 @@ def test_search_writes_the_best_and_shares_one_study(tmp_path):
     first = semipd(*common, "--trials", "4", "--out", str(tmp_path / "a.json"))
     assert first.returncode == 0, first.stderr
     result = json.loads((tmp_path / "a.json").read_text())
-    assert result["trials"] == 4 and result["value"] >= result["default_value"]  # the defaults are trial 0
-    from policies import load_params
+    assert result["trials"] == 4
+    import optuna
 
+    from policies import get_policy
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    space = get_policy("semipd").SPACE
+    assert study.trials[0].params == {k: v for k, v in load_params("semipd").items() if k in space}  # defaults first
+    assert result["default_value"] == study.trials[0].value and result["value"] == study.best_value
     assert set(result["params"]) == set(load_params("semipd"))
     # a second process continues the same study (any Optuna RDB URL works the same way)
     second = semipd(*common, "--trials", "2", "--out", str(tmp_path / "b.json"))

@@ -130,9 +130,9 @@ def features(step: dict) -> tuple[float, float, float]:
     return 1.0, float(step.get("context", 0)), float(step["batch_size"])
 
 
-def fit_linear(rows: list[tuple[tuple, float]]) -> tuple[np.ndarray, float]:
+def fit_linear(rows: list[tuple[tuple, float]]) -> np.ndarray:
     """Least squares on relative error (rows scaled by 1/t, as DistServe fits); non-negative
-    coefficients (a negative one is dropped and the rest refitted). Returns (coef, median |rel err|)."""
+    coefficients (a negative one is dropped and the rest refitted)."""
     x = np.array([f for f, _ in rows], dtype=float)
     t = np.array([v for _, v in rows], dtype=float)
     active = list(range(x.shape[1]))
@@ -143,8 +143,7 @@ def fit_linear(rows: list[tuple[tuple, float]]) -> tuple[np.ndarray, float]:
         if (sol >= 0).all() or len(active) == 1:
             break
         active.pop(int(np.argmin(sol)))
-    coef = np.clip(coef, 0, None)
-    return coef, float(np.median(np.abs(x @ coef / t - 1)))
+    return np.clip(coef, 0, None)
 
 
 def fit_profile(measured: list[dict], facts: dict):
@@ -172,7 +171,7 @@ def fit_profile(measured: list[dict], facts: dict):
         for share in sorted({r[1] for r in mine}):
             alone = [(r[4], r[5]) for r in mine if r[1] == share and not r[3]]
             if len(alone) >= 5:
-                coef, _ = fit_linear(alone)
+                coef = fit_linear(alone)
                 scale = (1, 1, 1e-6, 1e-3) if worker == "prefill" else (1, 1, 1)  # undo the features' scaling
                 table.append((share, tuple(float(c) * k for c, k in zip(coef, scale))))
         if not table:
