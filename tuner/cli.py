@@ -20,6 +20,7 @@ COMMANDS = {
     "calibrate-model": "tuner.calibrate_model",
     "tune": "tuner.tune",
     "search": "tuner.search",
+    "dashboard": "dashboard.launch",
 }
 
 
