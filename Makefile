@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve test bench-serve
+.PHONY: serve test bench-serve browser
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,15 @@ $(INSTALLED): pyproject.toml
 serve: $(INSTALLED)
 	$(VENV)/bin/semipd serve
 
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(VENV)/bin/python -m pytest
+
+# The dashboard test opens the page in a real headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the dashboard test"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 bench-serve: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/serve_overhead.py

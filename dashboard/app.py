@@ -30,9 +30,14 @@ def urls_from_command_line() -> tuple[str, str]:
     return args.tuner, args.engine
 
 
+def seconds_ago(windows: list[dict]) -> pd.Index:
+    last = windows[-1]["time"]
+    return pd.Index([round(w["time"] - last, 1) for w in windows], name="seconds (0 = latest window)")
+
+
 def frame(windows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
     data = pd.DataFrame([{label: w.get(key) for key, label in columns.items()} for w in windows],
-                        index=[datetime.fromtimestamp(w["time"]) for w in windows])
+                        index=seconds_ago(windows))
     return data.astype(float)
 
 
@@ -74,10 +79,12 @@ def live_panels(tuner: str, engine: str) -> None:
     left, right = st.columns(2)
     left.subheader("compute split")
     left.line_chart(pd.DataFrame([{"prefill": w["split"][0], "decode": w["split"][1]} for w in windows],
-                                 index=[datetime.fromtimestamp(w["time"]) for w in windows]))
+                                 index=seconds_ago(windows)))
     right.subheader("decisions")
     decisions = pd.DataFrame(s["decisions"][-20:])
-    if not decisions.empty:
+    if decisions.empty:
+        right.caption("no split changes yet")
+    else:
         decisions["time"] = decisions["time"].map(lambda t: datetime.fromtimestamp(t).strftime("%H:%M:%S"))
         right.dataframe(decisions[["time", "old", "new", "who", "applied", "reason", "error"]], hide_index=True)
     if engine:

@@ -106,3 +106,32 @@ def test_unreachable_tuner_is_shown_not_thrown():
     at = app(f"http://127.0.0.1:{free_port()}")
     assert not at.exception
     assert "tuner unavailable" in at.error[0].value
+
+
+def test_the_page_in_a_real_browser(tuner, semipd_server, tmp_path):
+    """`semipd dashboard` as a user starts it, opened in headless Chromium: live data, charts and
+    the split are on the page; the screenshot is left in the test's folder."""
+    import shutil
+
+    from tests.conftest import SEMIPD
+    from tests.headless_browser import open_page
+    from tuner.launcher import ServerProcess
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (`make test` installs it)"
+    port = free_port()
+    dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", tuner.url, "--engine", semipd_server.url,
+                               "--port", str(port)], f"http://127.0.0.1:{port}", tmp_path / "dashboard.log")
+    dashboard.start(timeout_s=60, health_path="/_stcore/health")
+    try:
+        asyncio.run(replay(semipd_server.url, [Request(0.1 * i, 32, 8) for i in range(6)], 1000, seed=900))
+        shot = tmp_path / "dashboard.png"
+        slo_ms = f"{settings(tuner)['ttft_slo_s'] * 1e3:.0f} ms"
+        expect = ["TTFT SLO", slo_ms, "split (prefill, decode)", "compute split", "decisions"]
+        text, html = open_page(chromium, dashboard.url, free_port(), expect, 90, shot)
+        for wanted in expect:
+            assert wanted in text, f"{wanted!r} is not on the page"
+        assert html.count("vega-embed") >= 4  # the charts rendered
+        assert shot.stat().st_size > 20_000
+    finally:
+        dashboard.stop()
