@@ -71,11 +71,14 @@ def live_panels(tuner: str, engine: str) -> None:
         column.line_chart(data)
     left, right = st.columns(2)
     attained = frame(windows, {"ttft_attainment": "TTFT", "tpot_attainment": "TPOT"})
+    # the histograms are per metric: both SLOs together are met by at least this share
     attained["both (at least)"] = (attained["TTFT"] + attained["TPOT"].fillna(1.0) - 1).clip(lower=0)
     left.subheader("SLO attainment per window")
     left.line_chart(attained)
-    right.subheader("load")
-    right.line_chart(frame(windows, {"rate": "requests/s", "waiting": "queued for prefill", "running": "decoding"}))
+    load = frame(windows, {"rate": "requests/s", "waiting": "queued for prefill", "running": "decoding"})
+    load["goodput (req/s within both SLOs, at least)"] = load["requests/s"] * attained["both (at least)"]
+    right.subheader("load and goodput")
+    right.line_chart(load)
     left, right = st.columns(2)
     left.subheader("compute split")
     left.line_chart(pd.DataFrame([{"prefill": w["split"][0], "decode": w["split"][1]} for w in windows],

@@ -46,7 +46,8 @@ def test_live_panels_show_slos_split_and_charts(tuner, semipd_server):
     labels = {m.label: m.value for m in at.metric}
     assert labels["TTFT SLO"] == "1000 ms" and labels["split (prefill, decode)"] == "1, 1"
     assert "KV cache in use" in labels and "radix cache hit rate" in labels
-    assert [h.value for h in at.subheader][:3] == ["TTFT (s)", "TPOT (s)", "SLO attainment per window"]
+    assert [h.value for h in at.subheader][:4] == ["TTFT (s)", "TPOT (s)", "SLO attainment per window",
+                                                   "load and goodput"]
     assert any("GPU" in c.value for c in at.caption)
 
 

@@ -186,7 +186,7 @@ def small_kv_server(tiny_model, tmp_path_factory):
 
 
 def test_decode_out_of_kv_retracts_and_loses_nothing(small_kv_server, tiny_model):
-    prompts = [prompt_ids(60, seed=300 + i) for i in range(8)]  # 8 x (60 + 100) tokens > 700 slots
+    prompts = [prompt_ids(60, seed=300 + i) for i in range(12)]  # 12 x (60 + 100) tokens > 700 slots
     new_tokens = 100
 
     def run(ids):
