@@ -97,7 +97,8 @@ def measure_split(url: str, split, repeats: int, load_s: float, vocab: int, chun
     flush_cache(url)  # every prompt below is new to the engine, whatever ran before
     since = time.time()
     sequential = []
-    prompts = [p for p in PROMPTS if p <= chunk]
+    # at least four sizes up to the chunk, so the per-token cost can be told from the fixed one
+    prompts = sorted({p for p in PROMPTS if p <= chunk} | {max(4, chunk // 8), max(4, chunk // 4), chunk // 2, chunk})
     salt = 100_000 * sum(split)
     for i in range(repeats):
         for p in prompts:
