@@ -8,7 +8,7 @@ Splits are in the engine's units: cores on CPU, percent of the SMs on GPU (`unit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Histogram bounds for TTFT and TPOT: finer than SGLang's defaults (0.1, 0.2, 0.4, ... s) so that
 # windowed percentiles near tight SLOs are resolved. `semipd serve` gives them to the engine, the
@@ -80,7 +80,6 @@ class Observation:
     decode_busy: float = 0.0
     waiting: int = 0             # requests queued for prefill at the end of the window
     running: int = 0             # requests decoding at the end of the window
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
