@@ -49,13 +49,14 @@ def live_panels(tuner: str, engine: str) -> None:
     s = reply.data
     settings, windows = s["settings"], s["windows"]
     split = s["split"]
-    top = st.columns(5)
+    top = st.columns(6)
     top[0].metric("TTFT SLO", f"{settings['ttft_slo_s'] * 1e3:.0f} ms")
     top[1].metric("TPOT SLO", f"{settings['tpot_slo_s'] * 1e3:.0f} ms")
     top[2].metric("split (prefill, decode)", f"{split['split']['prefill']}, {split['split']['decode']}" if split else "-",
                   help=split["valid"] if split else None)
     top[3].metric("tuner", f"{settings['policy']} {'on' if settings['enabled'] else 'off'}")
     top[4].metric("engine", s["status"] if s["status"] == "ok" else "unreachable")
+    top[5].metric("requests/s", f"{windows[-1]['rate']:.1f}" if windows else "-", help="arrivals in the last window")
     if s["status"] != "ok":
         st.warning(f"engine: {s['status']}")
     if s["last_reason"]:

@@ -67,7 +67,8 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
     if now >= params["comfort"]:
         return Decision(None, f"both SLOs met by {now:.0%} of requests ({seen}): keep", state)
     options = candidates((x, y), units, params)
-    best = max(options, key=lambda s: (attainment(s), -abs(s[0] - x)))
+    # among splits predicted equally good, the smallest move (it takes the least from the other phase)
+    best = max(options, key=lambda s: (attainment(s), -abs(s[0] - x) - abs(s[1] - y)))
     gain = attainment(best)
     if best != (x, y) and gain >= now + params["hysteresis"]:
         state["cooldown"] = params["cooldown"]

@@ -15,9 +15,10 @@ import httpx
 import websockets
 
 
-def open_page(chromium: str, url: str, debug_port: int, expect: list[str], timeout_s: float,
+def open_page(chromium: str, url: str, debug_port: int, expect: list, timeout_s: float,
               screenshot: Path) -> tuple[str, str]:
-    """(visible text, HTML) once every `expect` text is on the page or `timeout_s` passed."""
+    """(visible text, HTML) once every `expect` text (a string, or a compiled pattern to search
+    for) is on the page or `timeout_s` passed."""
     browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                                 f"--remote-debugging-port={debug_port}", "--window-size=1400,2600", url],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -40,7 +41,7 @@ def open_page(chromium: str, url: str, debug_port: int, expect: list[str], timeo
         browser.wait(timeout=10)
 
 
-async def _drive(ws_url: str, expect: list[str], timeout_s: float, screenshot: Path) -> tuple[str, str]:
+async def _drive(ws_url: str, expect: list, timeout_s: float, screenshot: Path) -> tuple[str, str]:
     async with websockets.connect(ws_url, max_size=64 * 2**20) as ws:
         ids = itertools.count(1)
 
@@ -60,7 +61,7 @@ async def _drive(ws_url: str, expect: list[str], timeout_s: float, screenshot: P
         text = ""
         while time.monotonic() < deadline:
             text = await evaluate("document.body.innerText")
-            if all(e in text for e in expect):
+            if all(e in text if isinstance(e, str) else e.search(text) for e in expect):
                 break
             await asyncio.sleep(1)
         await asyncio.sleep(2)  # let the charts finish drawing

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import time
 
 import httpx
 import pytest
 
 from tests.conftest import free_port, start_semipd_server, start_tuner
 from tests.fault_proxy import FaultProxy
+from tests.live_tuning import get, shifting_load, shifting_load_tuner_args, state_when, wait_for
 from policies import load_params
 from tuner.loadgen import replay
 from tuner.prom_metrics import MetricsError, observe, parse
@@ -46,25 +44,6 @@ def test_a_window_is_the_difference_of_two_scrapes():
         parse("<html>not metrics</html>")
 
 
-def get(url: str, path: str = "/state") -> dict:
-    return httpx.get(url + path, timeout=10).json()
-
-
-def state_when(url: str, condition, timeout_s: float, what: str) -> dict:
-    """The tuner's state, once `condition(state)` holds."""
-    return wait_for(lambda: (lambda s: s if condition(s) else None)(get(url)), timeout_s, what)
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def test_settings_are_checked_persisted_and_an_unreachable_engine_is_reported(tmp_path):
     store = tmp_path / "tuner.db"
     dead = f"http://127.0.0.1:{free_port()}"
@@ -95,64 +74,11 @@ def test_settings_are_checked_persisted_and_an_unreachable_engine_is_reported(tm
         again.stop()
 
 
-def load(url: str, requests, seed: int, stop: threading.Event):
-    """Replay `requests` again and again (fresh prompts each round) until `stop`."""
-    failures = []
-    round_ = 0
-    while not stop.is_set():
-        records = asyncio.run(replay(url, requests, 1000, seed=seed + round_))
-        failures += [r.error for r in records if not r.ok]
-        round_ += 1
-    return failures
-
-
-def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, until):
-    stop, result = threading.Event(), {}
-    thread = threading.Thread(target=lambda: result.setdefault("failures", load(url, requests, seed, stop)))
-    thread.start()
-    try:
-        return state_when(tuner_url, until, seconds, "the split to move")
-    finally:
-        stop.set()
-        thread.join(timeout=120)
-        assert result.get("failures") == [], result.get("failures")
-
-
-def ticks_to_react(state: dict, metric: str) -> int:
-    """Ticks from the first window in which `metric` missed its SLO (since the last move) to the
-    move that answered it."""
-    moved = [d for d in state["decisions"] if d["applied"]][-1]["time"]
-    before = [d["time"] for d in state["decisions"] if d["applied"] and d["time"] < moved]
-    since = before[-1] if before else 0.0
-    slo = state["settings"][f"{metric}_slo_s"]
-    missed = [w["time"] for w in state["windows"]
-              if since < w["time"] <= moved and (w[f"{metric}_p90_s"] or 0) > slo]
-    assert missed, f"no window saw {metric} miss before the move"
-    return sum(1 for w in state["windows"] if missed[0] <= w["time"] <= moved)
-
-
 def test_the_tuner_moves_the_split_toward_the_phase_that_misses(semipd_server, tmp_path):
     url = semipd_server.url
-    # SLOs from this engine: a long prompt alone takes t_long; short prompts must meet TTFT and
-    # the long ones miss it; TPOT is set below what a busy decode can do.
-    t_long = asyncio.run(replay(url, [Request(0.0, 1500, 1)], 1000, seed=7))[0].ttft_s
-    params = tmp_path / "mpc.json"
-    params.write_text(json.dumps({"overlap": 1, "window": 1, "min_samples": 2, "cooldown": 0,
-                                  "min_pct": 50, "max_move_pct": 100, "probe_after": 1}))
-    tuner = start_tuner(url, tmp_path / "t.db", "--policy", "mpc", "--params", str(params), "--interval", "1",
-                        "--ttft-slo", f"{0.6 * t_long:.3f}", "--tpot-slo", "0.001")
+    tuner = start_tuner(url, tmp_path / "t.db", *shifting_load_tuner_args(url, tmp_path))
     try:
-        decode_heavy = [Request(0.05 * i, 8, 48) for i in range(24)]
-        state = run_phase(url, decode_heavy, 100, 90, tuner.url,
-                          lambda s: s["split"] and s["split"]["split"]["decode"] == 2)
-        assert ticks_to_react(state, "tpot") <= 4
-        prefill_heavy = [Request(0.02 * i, 1500, 1) for i in range(6)]
-        state = run_phase(url, prefill_heavy, 200, 90, tuner.url,
-                          lambda s: s["split"] and s["split"]["split"]["prefill"] == 2)
-        assert ticks_to_react(state, "ttft") <= 4
-        decisions = [d for d in get(tuner.url)["decisions"] if d["applied"]]
-        assert decisions[0]["new"][1] == 2 and decisions[-1]["new"][0] == 2
-        assert all(d["who"] == "policy mpc" and d["reason"] for d in decisions)
+        shifting_load(url, tuner.url)
     finally:
         tuner.stop()
         httpx.post(url + "/semipd/split", json={"prefill": 1, "decode": 1})

@@ -21,6 +21,7 @@ COMMANDS = {
     "tune": "tuner.tune",
     "search": "tuner.search",
     "dashboard": "dashboard.launch",
+    "up": "tuner.stack",
 }
 
 

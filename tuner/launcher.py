@@ -1,6 +1,6 @@
 """Start a server as a child process, wait until it answers, and stop it with all its children.
 
-Used by tests, benchmarks and (later) `semipd up`: every wait is bounded, and a server that dies
+Used by tests, benchmarks and `semipd up`: every wait is bounded, and a server that dies
 while starting is reported with the end of its log rather than waited on.
 """
 
@@ -31,12 +31,19 @@ class ServerProcess:
     ready_after_s: float = 0.0
 
     def start(self, timeout_s: float = 300.0, health_path: str = "/health") -> "ServerProcess":
+        return self.launch().wait_ready(timeout_s, health_path)
+
+    def launch(self) -> "ServerProcess":
+        """Start the process without waiting for it (several servers can then start at once)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.started_at = time.monotonic()
         # A new session, so that stop() can signal the whole tree SGLang spawns.
         self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                         env=self.env, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout_s: float = 300.0, health_path: str = "/health") -> "ServerProcess":
         deadline = self.started_at + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

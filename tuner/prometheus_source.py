@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlparse
 
 import httpx
@@ -11,6 +10,7 @@ import httpx
 from tuner.prom_metrics import QUEUE, STEP_TIME, TPOT, TTFT, MetricsError, Snapshot
 
 SERIES = (TTFT + "_bucket", TPOT + "_bucket", STEP_TIME + "_sum", QUEUE)
+LOOKBACK = "1m"  # series not scraped within this are gone (the engine is down)
 
 
 class PrometheusSource:
@@ -20,19 +20,24 @@ class PrometheusSource:
         self.timeout_s = timeout_s
 
     def snapshot(self) -> Snapshot:
-        query = f'{{__name__=~"{"|".join(SERIES)}",instance="{self.instance}"}}'
+        # A range selector, so that each sample comes with the time Prometheus scraped it: the
+        # window between two snapshots is then the span between two scrapes of the engine, as it is
+        # when the tuner scrapes the engine itself.
+        query = f'{{__name__=~"{"|".join(SERIES)}",instance="{self.instance}"}}[{LOOKBACK}]'
         response = httpx.get(self.url + "/api/v1/query", params={"query": query}, timeout=self.timeout_s)
         response.raise_for_status()
         body = response.json()
         if body.get("status") != "success":
             raise MetricsError(f"Prometheus answered {body.get('status')}: {body.get('error', '')}")
         samples: dict[str, list] = {}
-        stamp = time.time()
+        scraped = 0.0
         for series in body["data"]["result"]:
             labels = dict(series["metric"])
             name = labels.pop("__name__")
-            stamp, value = float(series["value"][0]), float(series["value"][1])
-            samples.setdefault(name, []).append((labels, value))
+            stamp, value = series["values"][-1]
+            scraped = max(scraped, float(stamp))
+            samples.setdefault(name, []).append((labels, float(value)))
         if not samples:
-            raise MetricsError(f"Prometheus at {self.url} has no series for instance {self.instance} yet")
-        return Snapshot(stamp, samples)
+            raise MetricsError(f"Prometheus at {self.url} has no series for instance {self.instance} "
+                               f"in the last {LOOKBACK}")
+        return Snapshot(scraped, samples)

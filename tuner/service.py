@@ -134,6 +134,8 @@ class Tuner:
                 self.previous = None  # the engine may have restarted: start a fresh window
             self.status, self.failures, self.outage_since = "ok", 0, None
             self.split_state = split_state
+            if self.previous is not None and snapshot.time_s <= self.previous.time_s:
+                return self.settings.interval_s  # Prometheus has not scraped the engine since the last tick
             split = (split_state["split"]["prefill"], split_state["split"]["decode"])
             s = self.settings
             obs = observe(self.previous, snapshot, split, split_state["units"], s.ttft_slo_s, s.tpot_slo_s)
@@ -221,7 +223,8 @@ class Tuner:
     def state(self) -> dict:
         with self.lock:
             return {"settings": asdict(self.settings), "status": self.status, "failures": self.failures,
-                    "outage_since": self.outage_since, "engine": self.engine.url, "split": self.split_state,
+                    "outage_since": self.outage_since, "engine": self.engine.url,
+                    "metrics_from": getattr(self.source, "url", self.engine.url), "split": self.split_state,
                     "last_reason": self.last_reason, "counts": dict(self.counts), "resumed": self.resumed,
                     "windows": list(self.windows)[-300:], "decisions": self.store.decisions(limit=100),
                     "events": self.store.events(limit=50)}

@@ -1,0 +1,99 @@
+"""A real tuner on a real engine under load: reading its state, and the load that shifts from
+decode-heavy to prefill-heavy (used with the tuner reading the engine and reading Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tuner.loadgen import replay
+from tuner.workload import Request
+
+def get(url: str, path: str = "/state") -> dict:
+    return httpx.get(url + path, timeout=10).json()
+
+
+def state_when(url: str, condition, timeout_s: float, what: str) -> dict:
+    """The tuner's state, once `condition(state)` holds."""
+    return wait_for(lambda: (lambda s: s if condition(s) else None)(get(url)), timeout_s, what)
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def load(url: str, requests, seed: int, stop: threading.Event):
+    """Replay `requests` again and again (fresh prompts each round) until `stop`."""
+    failures = []
+    round_ = 0
+    while not stop.is_set():
+        records = asyncio.run(replay(url, requests, 1000, seed=seed + round_))
+        failures += [r.error for r in records if not r.ok]
+        round_ += 1
+    return failures
+
+
+def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, until):
+    stop, result = threading.Event(), {}
+    thread = threading.Thread(target=lambda: result.setdefault("failures", load(url, requests, seed, stop)))
+    thread.start()
+    try:
+        return state_when(tuner_url, until, seconds, "the split to move")
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        assert result.get("failures") == [], result.get("failures")
+
+
+def ticks_to_react(state: dict, metric: str) -> int:
+    """Ticks from the first window in which `metric` missed its SLO (since the last move) to the
+    move that answered it."""
+    moved = [d for d in state["decisions"] if d["applied"]][-1]["time"]
+    before = [d["time"] for d in state["decisions"] if d["applied"] and d["time"] < moved]
+    since = before[-1] if before else 0.0
+    slo = state["settings"][f"{metric}_slo_s"]
+    missed = [w["time"] for w in state["windows"]
+              if since < w["time"] <= moved and (w[f"{metric}_p90_s"] or 0) > slo]
+    assert missed, f"no window saw {metric} miss before the move"
+    return sum(1 for w in state["windows"] if missed[0] <= w["time"] <= moved)
+
+
+def shifting_load_tuner_args(url: str, folder: Path) -> list[str]:
+    """`semipd tune` flags for the shifting load: SLOs from this engine (a long prompt alone takes
+    t_long; short prompts meet TTFT and long ones miss it; TPOT below what a busy decode can do)
+    and mpc reacting to a single window."""
+    t_long = asyncio.run(replay(url, [Request(0.0, 1500, 1)], 1000, seed=7))[0].ttft_s
+    params = folder / "mpc.json"
+    params.write_text(json.dumps({"overlap": 1, "window": 1, "min_samples": 2, "cooldown": 0,
+                                  "min_pct": 50, "max_move_pct": 100, "probe_after": 1}))
+    return ["--policy", "mpc", "--params", str(params), "--interval", "1",
+            "--ttft-slo", f"{0.6 * t_long:.3f}", "--tpot-slo", "0.001"]
+
+
+def shifting_load(url: str, tuner_url: str) -> list[dict]:
+    """Decode-heavy load until the decode worker has both cores, then prefill-heavy until the
+    prefill worker has; each move within 4 ticks of the first window that missed; no request
+    failed. Returns the applied decisions."""
+    decode_heavy = [Request(0.05 * i, 8, 48) for i in range(24)]
+    state = run_phase(url, decode_heavy, 100, 90, tuner_url,
+                      lambda s: s["split"] and s["split"]["split"]["decode"] == 2)
+    assert ticks_to_react(state, "tpot") <= 4
+    prefill_heavy = [Request(0.02 * i, 1500, 1) for i in range(6)]
+    state = run_phase(url, prefill_heavy, 200, 90, tuner_url,
+                      lambda s: s["split"] and s["split"]["split"]["prefill"] == 2)
+    assert ticks_to_react(state, "ttft") <= 4
+    decisions = [d for d in get(tuner_url)["decisions"] if d["applied"]]
+    assert decisions[0]["new"][1] == 2 and decisions[-1]["new"][0] == 2
+    assert all(d["who"] == "policy mpc" and d["reason"] for d in decisions)
+    return decisions
