@@ -61,17 +61,17 @@ def window_fit(obs, params: dict, state: dict):
     """The shared first half of the model-based policies: collect a window (at least `window`
     ticks and `min_samples` first tokens), then take the
     `percentile` TTFT and TPOT and refit. Returns a reason to wait (str), or
-    (TTFT percentile, TPOT percentile, fitted LatencyModel, TTFT histogram, TPOT histogram).
-    Updates `state` in place."""
+    (TTFT percentile, TPOT percentile, fitted LatencyModel, TTFT histogram, TPOT histogram,
+    prefill seconds per first token at the split in force). Updates `state` in place."""
     from policies.observation import collect_window, quantile
 
     window = collect_window(state, obs, params["window"], params["min_samples"])
     if window is None:
         return "collecting the window"
-    ttft, tpot, busy = window
+    ttft, tpot, busy, span_s = window
     if ttft.total < params["min_samples"]:
         return f"only {ttft.total} TTFT samples (< {params['min_samples']})"
     q = params["percentile"] / 100
     ttft_p, tpot_p = quantile(ttft, q), quantile(tpot, q)
     model = observe(state, obs.split, obs.units, busy, ttft_p, tpot_p, params["history"])
-    return ttft_p, tpot_p, model, ttft, tpot
+    return ttft_p, tpot_p, model, ttft, tpot, busy * span_s / ttft.total

@@ -46,14 +46,21 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
     fitted = window_fit(obs, params, state)
     if isinstance(fitted, str):
         return Decision(None, fitted, state)
-    ttft_p, tpot_p, model, ttft, tpot = fitted
+    ttft_p, tpot_p, model, ttft, tpot, prefill_s = fitted
     units, (x, y) = obs.units, obs.split
 
     def attainment(split) -> float:
         """Predicted share meeting both SLOs at `split`: a sample meets the TTFT SLO there if it
-        is below the SLO scaled back by how much faster (or slower) the split makes TTFT."""
+        is below the SLO scaled back by how much faster (or slower) the split makes TTFT. The
+        requests still queued for prefill have no TTFT yet (the window's histogram leaves out
+        exactly the ones an overload delays): they are served in order, the last after the queue
+        drains at that split's prefill rate, so those past the SLO count as misses."""
         speed_ttft = model.ttft(split[0] / units) / model.ttft(x / units)
         ok_ttft = ttft.share_at_most(obs.ttft_slo_s / speed_ttft) if math.isfinite(speed_ttft) else 0.0
+        if obs.waiting:
+            drain_s = obs.waiting * prefill_s * x / split[0]
+            on_time = obs.waiting * min(1.0, obs.ttft_slo_s / drain_s) if drain_s > 0 else obs.waiting
+            ok_ttft = (ok_ttft * ttft.total + on_time) / (ttft.total + obs.waiting)
         if not tpot.total:
             return ok_ttft
         speed_tpot = model.tpot(split[1] / units) / model.tpot(y / units)

@@ -92,9 +92,10 @@ class Decision:
 def collect_window(state: dict, obs: Observation, ticks: int, min_samples: int = 0):
     """Accumulate ticks into `state` until at least `ticks` have been seen and the window holds
     `min_samples` first tokens (or 10 x `ticks` passed: a quiet engine still gets decisions);
-    then return the merged window as (TTFT histogram, TPOT histogram, mean prefill busy share)
-    and clear it, else None."""
+    then return the merged window as (TTFT histogram, TPOT histogram, mean prefill busy share,
+    its length in seconds) and clear it, else None."""
     state["ticks"] = state.get("ticks", 0) + 1
+    state["span"] = state.get("span", 0.0) + obs.window_s
     for key, hist in (("ttft", obs.ttft), ("tpot", obs.tpot)):
         state[key] = [a + b for a, b in zip(state[key], hist.counts)] if state.get(key) else list(hist.counts)
     state["busy"] = state.get("busy", 0.0) + obs.prefill_busy
@@ -102,4 +103,4 @@ def collect_window(state: dict, obs: Observation, ticks: int, min_samples: int =
         return None
     ttft = Histogram(obs.ttft.bounds, tuple(state.pop("ttft")))
     tpot = Histogram(obs.tpot.bounds, tuple(state.pop("tpot")))
-    return ttft, tpot, state.pop("busy") / state.pop("ticks")
+    return ttft, tpot, state.pop("busy") / state.pop("ticks"), state.pop("span")

@@ -29,7 +29,7 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
     fitted = window_fit(obs, params, state)
     if isinstance(fitted, str):
         return Decision(None, fitted, state)
-    ttft_p, tpot_p, model, _, _ = fitted
+    ttft_p, tpot_p, model = fitted[:3]
     units, (x, y) = obs.units, obs.split
     ttft_ok = lambda x_: model.ttft(x_ / units) * params["ttft_margin"] <= obs.ttft_slo_s
     tpot_ok = lambda y_: model.tpot(y_ / units) * params["tpot_margin"] <= obs.tpot_slo_s

@@ -84,6 +84,20 @@ def test_mpc_moves_to_the_split_predicted_to_serve_most_requests():
     assert comfortable.split is None and "met by 100%" in comfortable.reason
 
 
+def test_mpc_counts_requests_still_queued_for_prefill():
+    from dataclasses import replace
+
+    # 15% of requests miss TPOT and every first token in the window met its SLO: no more prefill.
+    tpot_miss = obs([0.1] * 30, [0.05] * 85 + [0.15] * 15)
+    alone = run_windows("mpc", tpot_miss)
+    assert alone.split is None or alone.split[0] <= 50, alone.reason
+    # But 200 requests queued for prefill, at the window's prefill time per first token (0.5
+    # busy x 2 s / 30 = 33 ms), take 6.7 s to drain: most will miss TTFT unless prefill gets
+    # more. They have no TTFT yet; a policy reading only the histogram would not see them.
+    queued = run_windows("mpc", replace(tpot_miss, waiting=200))
+    assert queued.split[0] > 50, queued.reason
+
+
 def test_threshold_follows_the_decode_batch():
     small = run_windows("threshold", obs([0.1], [0.01], running=4))
     large = run_windows("threshold", obs([0.1], [0.01], running=500))
