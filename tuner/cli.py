@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "tuner.bench",
     "calibrate-slo": "tuner.calibrate_slo",
     "simulate": "tuner.simulate",
+    "plan": "tuner.plan",
     "calibrate-model": "tuner.calibrate_model",
     "tune": "tuner.tune",
     "search": "tuner.search",

@@ -57,6 +57,11 @@ class Roofline:
     request_overhead_s: float = 0.003  # HTTP, tokenizer, detokenizer per request
     handoff_s: float = 0.0005         # semi-PD: the decode loop taking in a finished prefill
     activation_bytes: float = 4e9     # kept free for activations and CUDA graphs
+    # Pipeline parallelism (the planner's): `pp` stages of layers/pp each, every stage `tp` wide.
+    # A step's latency is the whole model on `tp` devices plus (pp - 1) activation sends between
+    # stages; the simulator keeps `pp` micro-batches in flight (one worker each) for throughput.
+    pp: int = 1
+    stage_link_bandwidth: float = 0.0  # bytes/s between stages; 0 = the hardware's NVLink
 
     @property
     def units(self) -> int:
@@ -64,7 +69,7 @@ class Roofline:
 
     @property
     def devices(self) -> int:
-        return self.tp
+        return self.tp * self.pp
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -74,16 +79,17 @@ class Roofline:
     def kv_capacity(self) -> int:
         """KV tokens one instance holds (over its tp devices)."""
         free = self.hardware.memory_bytes * self.mem_fraction - self.activation_bytes \
-            - self.model.params * self.model.bytes_per_param / self.tp
-        return max(0, int(free * self.tp / self.model.kv_bytes_per_token))
+            - self.model.params * self.model.bytes_per_param / self.devices
+        return max(0, int(free * self.devices / self.model.kv_bytes_per_token))
 
     def check_fits(self, weight_copies: int = 1) -> None:
         """ConfigError with the numbers if the weights leave no room for a KV cache."""
-        weights = weight_copies * self.model.params * self.model.bytes_per_param / self.tp
+        weights = weight_copies * self.model.params * self.model.bytes_per_param / self.devices
         usable = self.hardware.memory_bytes * self.mem_fraction - self.activation_bytes
         if weights >= usable or self.kv_capacity < 4096:
             raise ConfigError(
-                f"{self.model.name} does not fit on {self.hardware.name} at TP{self.tp}: "
+                f"{self.model.name} does not fit on {self.hardware.name} at TP{self.tp}"
+                f"{f' PP{self.pp}' if self.pp > 1 else ''}: "
                 f"{weight_copies} cop{'y' if weight_copies == 1 else 'ies'} of the weights need "
                 f"{weights / 1e9:.1f} GB per device, and {self.mem_fraction:.0%} of "
                 f"{self.hardware.memory_bytes / 1e9:.0f} GB minus {self.activation_bytes / 1e9:.0f} GB for "
@@ -121,6 +127,14 @@ class Roofline:
         message = tokens * m.hidden * m.bytes_per_param
         return 2 * m.layers * (h.link_latency_s + 2 * (self.tp - 1) / self.tp * message / h.link_bandwidth)
 
+    def stage_sends_s(self, tokens: int) -> float:
+        """Pipeline parallelism: the step's activations (tokens x hidden) sent between stages."""
+        if self.pp == 1:
+            return 0.0
+        h, m = self.hardware, self.model
+        message = tokens * m.hidden * m.bytes_per_param
+        return (self.pp - 1) * (h.link_latency_s + message / (self.stage_link_bandwidth or h.link_bandwidth))
+
     def step_time(self, work: Work, share: float, other: tuple[Work, float] | None = None) -> float:
         t, compute, memory = self._isolated(work, share)
         if other is not None:
@@ -130,7 +144,7 @@ class Roofline:
             # prefill nearly the whole device, as on GPUs under MPS.
             _, o_compute, o_memory = self._isolated(*other)
             t *= max(1.0, compute + o_compute, memory + o_memory)
-        return t + self.hardware.step_overhead_s + self.allreduce_s(work.tokens)
+        return t + self.hardware.step_overhead_s + self.allreduce_s(work.tokens) + self.stage_sends_s(work.tokens)
 
     def kv_transfer_s(self, tokens: int, bandwidth: float | None = None) -> float:
         return self.hardware.link_latency_s + tokens * self.kv_bytes_per_token / (bandwidth or self.hardware.link_bandwidth)

@@ -109,8 +109,9 @@ class Pool:
 class Worker:
     """One engine loop on `share` of a device: prefill steps, decode steps, or both ("mixed")."""
 
-    def __init__(self, sim: "Simulation", name: str, pool: Pool, share: float, role: str):
+    def __init__(self, sim: "Simulation", name: str, pool: Pool, share: float, role: str, model=None):
         self.sim, self.name, self.pool, self.share, self.role = sim, name, pool, share, role
+        self.model = model or sim.model  # disaggregated decode instances may differ (their own TP/PP)
         self.waiting: deque[SimRequest] = deque()   # to prefill
         self.incoming: deque[SimRequest] = deque()  # disaggregated: KV arrived, waiting for memory here
         self.pending: list[SimRequest] = []         # prefilled, joining the next decode step
@@ -124,6 +125,7 @@ class Worker:
         self.peer: Worker | None = None  # the other worker on the same device (semi-PD)
         self.handoffs = 0                # semi-PD decode: finished prefills to take in before its next step
         self.link_free = 0.0             # disaggregated prefill: when its KV link is next free
+        self.link_owner = self           # whose link_free: the instance's first worker under PP
 
     @property
     def busy(self) -> bool:
@@ -235,7 +237,7 @@ class Worker:
         work = prefill_work([(n, done) for _, n, done in batch], decode_batch, self.context if decode_batch else 0)
         peer_load = self.peer.load_now() if self.peer is not None else None
         other = (peer_load, self.peer.share) if peer_load is not None else None
-        duration = self.sim.model.step_time(work, self.share, other) + self.handoffs * self.sim.model.handoff_s
+        duration = self.model.step_time(work, self.share, other) + self.handoffs * self.model.handoff_s
         self.handoffs = 0
         self.work, self.busy_until = work, self.sim.now + duration
         self.busy_s += duration
@@ -295,7 +297,7 @@ class Simulation:
                  link_bandwidth: float | None = None, policy=None, policy_params: dict | None = None,
                  ttft_slo_s: float = 1.0, tpot_slo_s: float = 0.1, tick_s: float = 1.0,
                  switch_s: float = 0.0, chunk_size: int | None = None, max_batch: int | None = None,
-                 reserve_ratio: float = 0.1):
+                 reserve_ratio: float = 0.1, decode_model=None):
         if system not in ("unified", "disagg", "semi-pd"):
             raise ValueError(f"unknown system {system!r}; valid: unified, disagg, semi-pd")
         if batching not in ("mixed", "prefill-first"):
@@ -314,8 +316,16 @@ class Simulation:
         self.window = {"ttft": [], "tpot": [], "arrivals": 0}
         self.unfinished = 0
         units = model.units
-        new_pool = lambda: Pool(model.kv_capacity, reserve_ratio)
+        new_pool = lambda m=model: Pool(m.kv_capacity, reserve_ratio)
+        # Pipeline parallelism: `pp` micro-batches in flight per instance, one worker each, over
+        # the instance's one KV pool (each sees the whole pipeline's latency; see perf_model).
+        stages = lambda m: getattr(m, "pp", 1)
+        self.decode_model = decode_model or model
+        if system != "disagg" and decode_model is not None:
+            raise ValueError("a separate decode model applies to --system disagg only")
         if system == "semi-pd":
+            if stages(model) > 1:
+                raise ValueError("semi-PD with pipeline parallelism is not modelled (TP only)")
             self.split = tuple(split or (units // 2, units - units // 2))
             for side, value in zip(("prefill", "decode"), self.split):
                 if not 1 <= value <= units:
@@ -326,16 +336,22 @@ class Simulation:
             self.prefill[0].peer, self.decode[0].peer = self.decode[0], self.prefill[0]
             self.devices = model.devices
         elif system == "unified":
-            self.prefill = self.decode = [Worker(self, "unified", new_pool(), 1.0, "mixed")]
+            pool = new_pool()
+            self.prefill = self.decode = [Worker(self, "unified", pool, 1.0, "mixed") for _ in range(stages(model))]
             self.devices = model.devices
         else:
             p, d = instances
             if p < 1 or d < 1:
                 raise ValueError(f"disaggregation needs at least one prefill and one decode instance, got {p}P{d}D")
-            self.prefill = [Worker(self, f"prefill{i}", new_pool(), 1.0, "prefill") for i in range(p)]
-            self.decode = [Worker(self, f"decode{i}", new_pool(), 1.0, "decode") for i in range(d)]
+            dm = self.decode_model
+            pools = [new_pool() for _ in range(p)]
+            self.prefill = [Worker(self, f"prefill{i}", pools[i], 1.0, "prefill") for i in range(p) for _ in range(stages(model))]
+            for w in self.prefill:
+                w.link_owner = next(x for x in self.prefill if x.pool is w.pool)
+            pools = [new_pool(dm) for _ in range(d)]
+            self.decode = [Worker(self, f"decode{i}", pools[i], 1.0, "decode", dm) for i in range(d) for _ in range(stages(dm))]
             model.kv_transfer_s(1, link_bandwidth)  # a profile without a link says so now
-            self.devices = model.devices * (p + d)
+            self.devices = model.devices * p + dm.devices * d
 
     # -- events ----------------------------------------------------------------------------------
     def at(self, time: float, fn, *args) -> None:
@@ -344,8 +360,9 @@ class Simulation:
     def arrive(self, req: SimRequest) -> None:
         self.window["arrivals"] += 1
         need = req.prompt + req.output
-        if need > self.model.kv_capacity:
-            req.error = f"needs {need} KV tokens; one instance holds {self.model.kv_capacity}"
+        capacity = min(self.model.kv_capacity, self.decode_model.kv_capacity)
+        if need > capacity:
+            req.error = f"needs {need} KV tokens; one instance holds {capacity}"
             self.finish(req, self.now)
             return
         self.requeue(req, front=False)
@@ -360,9 +377,10 @@ class Simulation:
 
     def send_kv(self, source: Worker, req: SimRequest) -> None:
         """Disaggregated: KV goes over the prefill instance's link (one transfer at a time)."""
-        start = max(self.now, source.link_free)
-        source.link_free = start + self.model.kv_transfer_s(req.prompt + req.generated, self.link_bandwidth)
-        self.at(source.link_free, self.kv_arrived, source, req)
+        link = source.link_owner  # one link per instance, whatever its micro-batch workers
+        start = max(self.now, link.link_free)
+        link.link_free = start + self.model.kv_transfer_s(req.prompt + req.generated, self.link_bandwidth)
+        self.at(link.link_free, self.kv_arrived, source, req)
 
     def kv_arrived(self, source: Worker, req: SimRequest) -> None:
         source.pool.remaining_output -= req.output - req.generated
