@@ -122,6 +122,7 @@ def slos(args, engine_url: str) -> tuple[float, float, str]:
 
 
 def run(args: argparse.Namespace, passthrough=()) -> int:
+    from policies import POLICIES
     from tuner.launcher import ServerProcess, ServerStartError
     from tuner.workload import WorkloadError
 
@@ -130,8 +131,6 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
             value = getattr(args, name)
             if value is not None and not 0 < value < 3600:
                 raise ValueError(f"--{name.replace('_', '-')} {value} is out of range (0, 3600) seconds")
-        from policies import POLICIES
-
         if args.policy not in POLICIES:
             raise ValueError(f"unknown --policy {args.policy!r}; valid policies: {', '.join(POLICIES)}")
         checked_ports(args)
