@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lend-idle-cores", action="store_true",
                         help="semi-pd on CPU: a worker that will be idle during the other's next "
                              "step lends it its cores for that step")
+    parser.add_argument("--tp-overlap", nargs="?", const="auto", metavar="GROUPS",
+                        help="with --tp-size > 1: overlap each o_proj / down_proj GEMM with its "
+                             "all-reduce, group of output rows by group; GROUPS is 'auto' (tuned per "
+                             "shape, the default when the flag is given bare) or a fixed group count "
+                             "(see docs/tensor-overlap.md)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=30000, help="port (default 30000)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
@@ -109,6 +114,21 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     device = args.device or detect_device()
     if device == "cpu":
         prepare_cpu_process_env()
+        from engine.tensor_overlap.cpu_tp import prepare_cpu_tp_env
+
+        prepare_cpu_tp_env(passthrough)  # SGLang's CPU engine needs two settings for --tp-size > 1
+    if args.tp_overlap is not None:
+        from engine.tensor_overlap import sglang_patch
+
+        from engine.tensor_overlap.cpu_tp import tp_size_from_args
+
+        try:
+            sglang_patch.configure(args.tp_overlap)
+        except ValueError as exc:
+            print(f"semipd serve: --tp-overlap: {exc}", file=sys.stderr)
+            return 2
+        if tp_size_from_args(passthrough) < 2:
+            print("semipd serve: note: --tp-overlap has no effect without --tp-size 2 or more", file=sys.stderr)
     if args.sglang_help:
         from sglang.srt.server_args import prepare_server_args
 
@@ -159,6 +179,8 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     if control_endpoint:
         http_api.install_semipd_routes(app, control_endpoint)
         scheduler_func = semipd_mode.run_semipd_scheduler_process
+    if args.tp_overlap is not None:
+        scheduler_func = sglang_patch.with_overlap(scheduler_func)
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
 
     def announce() -> None:

@@ -22,6 +22,7 @@ COMMANDS = {
     "tune": "tuner.tune",
     "search": "tuner.search",
     "dashboard": "dashboard.launch",
+    "bench-overlap": "engine.bench_overlap",
     "up": "tuner.stack",
 }
 
