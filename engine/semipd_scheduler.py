@@ -108,10 +108,12 @@ class SemiPDScheduler(Scheduler):
                 decode_batch = self._next_decode_batch()
             self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
 
+            # SGLang's watchdog counts a loop with a current batch and no new step as hung: the
+            # batch must be None whenever this loop runs no step, or an idle server is killed.
+            self.cur_batch_for_debug = decode_batch
             if decode_batch is not None:
                 if self.lend_idle_cores:  # no prefill can start before this decode step ends
                     self.partition.lend("decode", not self.prefill_link.busy, self._workers)
-                self.cur_batch_for_debug = decode_batch
                 context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in decode_batch.reqs)
                 started = time.time()
                 result = self.run_batch(decode_batch)

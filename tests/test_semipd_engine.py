@@ -174,11 +174,15 @@ def test_twenty_repartitions_during_200_requests_lose_nothing(semipd_server, res
     assert all(r.output_len == new_tokens for r in records)
 
 
+WATCHDOG_S = 15
+
+
 @pytest.fixture(scope="module")
 def small_kv_server(tiny_model, tmp_path_factory):
-    """Few KV slots (forcing retraction), an admin key, and idle cores lent between workers."""
+    """Few KV slots (forcing retraction), an admin key, idle cores lent between workers, and
+    SGLang's scheduler watchdog at 15 s instead of 300."""
     server = start_semipd_server(tiny_model, tmp_path_factory.mktemp("small-kv"), "--mode", "semi-pd",
-                                 "--lend-idle-cores",
+                                 "--lend-idle-cores", "--watchdog-timeout", str(WATCHDOG_S),
                                  *EXACT, "--max-total-tokens", "700", "--admin-api-key", "secret",
                                  "--schedule-conservativeness", "0.05")  # admit optimistically
     yield server
@@ -242,3 +246,14 @@ def test_lent_cores_are_used_when_the_other_worker_idles_and_never_shared(small_
             if p["start"] < d["end"] and d["start"] < p["end"]:
                 assert not set(p["cores"]) & set(d["cores"]), (p, d)
 
+
+
+def test_an_idle_server_outlives_the_scheduler_watchdog(small_kv_server, tiny_model):
+    """SGLang's watchdog kills a scheduler whose current batch makes no progress: after traffic,
+    an idle semi-pd engine must not look like one (it did, and died 300 s after its last request)."""
+    ids = prompt_ids(40, seed=950)
+    assert generate_ids(small_kv_server.url, ids, 16) == greedy_tokens(tiny_model, ids, 16)
+    time.sleep(WATCHDOG_S + 10)
+    assert small_kv_server.process.poll() is None, small_kv_server.log_tail()
+    assert httpx.get(small_kv_server.url + "/health", timeout=10).status_code == 200
+    assert generate_ids(small_kv_server.url, ids, 16) == greedy_tokens(tiny_model, ids, 16)
