@@ -158,8 +158,9 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
-        print(f"semipd up: starting the engine (semi-pd, split {args.split}; the first run builds the tiny model) "
-              f"and the dashboard; logs in {run_dir}/", flush=True)
+        model = args.model or "the tiny model (built on the first run)"
+        print(f"semipd up: starting the engine ({model}, semi-pd, split {args.split}) and the dashboard; "
+              f"logs in {run_dir}/", flush=True)
         parts += [("engine", engine.launch()), ("dashboard", dashboard.launch())]
         engine.wait_ready(args.start_timeout)
         print(f"semipd up: engine ready after {engine.ready_after_s:.0f} s; measuring it unloaded for SLOs",
