@@ -224,7 +224,7 @@ class Tuner:
         with self.lock:
             return {"settings": asdict(self.settings), "status": self.status, "failures": self.failures,
                     "outage_since": self.outage_since, "engine": self.engine.url,
-                    "metrics_from": getattr(self.source, "url", self.engine.url), "split": self.split_state,
+                    "metrics_from": self.source.url, "split": self.split_state,
                     "last_reason": self.last_reason, "counts": dict(self.counts), "resumed": self.resumed,
                     "windows": list(self.windows)[-300:], "decisions": self.store.decisions(limit=100),
                     "events": self.store.events(limit=50)}

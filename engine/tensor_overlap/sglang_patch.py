@@ -39,7 +39,7 @@ _summed = threading.local()
 LAYER_NAMES = ("o_proj", "down_proj")
 LOG = "semipd tensor-overlap"
 
-_state = {"installed": False, "policy": None, "announced": set(), "calls": 0, "fallbacks": 0, "skipped": 0}
+_state = {"installed": False, "policy": None, "announced": set()}
 
 
 def parse_mode(text: str) -> tuple[str, int]:
@@ -178,12 +178,10 @@ def _around_forward(original, self, input_, skip_all_reduce=False, forward_batch
             bias = None if group.rank_in_group > 0 or self.skip_bias_add else self.bias
             out = overlapped_gemm_all_reduce(x, self.weight, bias, plan.row_ranges(), group.device_group)
             _announce(self, plan, n, k)
-            _state["calls"] += 1
             if not self.reduce_results:  # the boundary would sum it again
                 _summed.mark = (weakref.ref(out), out.data_ptr(), out.numel(), tuple(group.ranks))
             return out.view(*input_.shape[:-1], n), (self.bias if self.skip_bias_add else None)
         why = f"one group for M={x.shape[0]}"
-    _state["fallbacks"] += 1
     if os.environ.get(ENV + "_DEBUG") and why not in _state["announced"]:
         _state["announced"].add(why)
         print(f"{LOG}: stock path: {why}", file=sys.stderr, flush=True)
@@ -197,7 +195,6 @@ def _around_group_all_reduce(original, self, input_, *args, **kwargs):
     if mark is not None:
         if mark[1:] == (input_.data_ptr(), input_.numel(), tuple(self.ranks)):
             _summed.mark = None
-            _state["skipped"] += 1
             if "skip" not in _state["announced"]:
                 _state["announced"].add("skip")
                 print(f"{LOG}: the layer boundary's all-reduce of an overlapped output is skipped "
@@ -213,8 +210,3 @@ def _announce(layer, plan, n: int, k: int) -> None:
         _state["announced"].add(kind)
         print(f"{LOG}: {kind} overlapped: M={plan.m} N={n} K={k} (of {layer.input_size}) "
               f"groups={list(plan.groups)} x {plan.wave_rows} rows", file=sys.stderr, flush=True)
-
-
-def stats() -> dict:
-    return {"overlapped_calls": _state["calls"], "stock_calls": _state["fallbacks"],
-            "boundary_sums_skipped": _state["skipped"]}
