@@ -55,9 +55,12 @@ def live_panels(tuner: str, engine: str) -> None:
     top[2].metric("split (prefill, decode)", f"{split['split']['prefill']}, {split['split']['decode']}" if split else "-",
                   help=split["valid"] if split else None)
     top[3].metric("tuner", f"{settings['policy']} {'on' if settings['enabled'] else 'off'}")
-    top[4].metric("engine", s["status"] if s["status"] == "ok" else "unreachable")
+    observing = s["status"].startswith("observing")  # a unified engine: windows, no split
+    top[4].metric("engine", "ok" if s["status"] == "ok" else "unified" if observing else "unreachable")
     top[5].metric("requests/s", f"{windows[-1]['rate']:.1f}" if windows else "-", help="arrivals in the last window")
-    if s["status"] != "ok":
+    if observing:
+        st.info(f"engine: {s['status']}")
+    elif s["status"] != "ok":
         st.warning(f"engine: {s['status']}")
     if s["last_reason"]:
         st.caption(f"last decision: {s['last_reason']}")

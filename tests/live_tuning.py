@@ -45,24 +45,27 @@ def load(url: str, requests, seed: int, stop: threading.Event):
     return failures
 
 
-def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, until):
+def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, until) -> tuple[dict, float]:
+    """Load until `until(tuner state)`; returns that state and the time the load started."""
     stop, result = threading.Event(), {}
     thread = threading.Thread(target=lambda: result.setdefault("failures", load(url, requests, seed, stop)))
+    started = time.time()
     thread.start()
     try:
-        return state_when(tuner_url, until, seconds, "the split to move")
+        return state_when(tuner_url, until, seconds, "the split to move"), started
     finally:
         stop.set()
         thread.join(timeout=120)
         assert result.get("failures") == [], result.get("failures")
 
 
-def ticks_to_react(state: dict, metric: str) -> int:
-    """Ticks from the first window in which `metric` missed its SLO (since the last move) to the
-    move that answered it."""
+def ticks_to_react(state: dict, metric: str, started: float) -> int:
+    """Ticks from the first window of this load in which `metric` missed its SLO (since the last
+    move) to the move that answered it. Windows before `started` belong to the previous load: its
+    tail, and the pause while it drained, miss for reasons this load's move does not answer."""
     moved = [d for d in state["decisions"] if d["applied"]][-1]["time"]
     before = [d["time"] for d in state["decisions"] if d["applied"] and d["time"] < moved]
-    since = before[-1] if before else 0.0
+    since = max(before[-1] if before else 0.0, started)
     slo = state["settings"][f"{metric}_slo_s"]
     missed = [w["time"] for w in state["windows"]
               if since < w["time"] <= moved and (w[f"{metric}_p90_s"] or 0) > slo]
@@ -94,10 +97,11 @@ def shifting_load(url: str, tuner_url: str) -> list[dict]:
               ("prefill", "ttft", [Request(0.02 * i, 1500, 1) for i in range(6)], 200))
     flush_cache(url)  # the same prompts as any earlier run of this load: none of them cached
     for worker, metric, requests, seed in phases:
-        state = run_phase(url, requests, seed, 90, tuner_url,
-                          lambda s: s["split"] and s["split"]["split"][worker] == 2)
-        ticks = ticks_to_react(state, metric)
-        assert ticks <= MAX_TICKS, f"{metric.upper()} missed {ticks} ticks before the {worker} worker grew"
+        state, started = run_phase(url, requests, seed, 90, tuner_url,
+                                   lambda s: s["split"] and s["split"]["split"][worker] == 2)
+        ticks = ticks_to_react(state, metric, started)
+        assert ticks <= MAX_TICKS, (f"{metric.upper()} missed {ticks} ticks before the {worker} worker grew; "
+                                    f"the windows:\n" + "\n".join(map(str, state["windows"][-ticks - 2:])))
         print(f"{worker}-heavy load: the {worker} worker grew {ticks} ticks after {metric.upper()} first missed")
     decisions = [d for d in get(tuner_url)["decisions"] if d["applied"]]
     assert decisions[0]["new"][1] == 2 and decisions[-1]["new"][0] == 2

@@ -130,3 +130,18 @@ def test_engine_killed_and_restarted_under_the_tuner(tiny_model, tmp_path):
     finally:
         tuner.stop()
         engine.stop()
+
+
+def test_a_unified_engine_is_observed_and_never_tuned(unified_server, tmp_path):
+    tuner = start_tuner(unified_server.url, tmp_path / "t.db", "--policy", "mpc", "--ttft-slo", "0.001",
+                        "--tpot-slo", "0.001", "--interval", "0.5")
+    try:
+        asyncio.run(replay(unified_server.url, [Request(0.05 * i, 64, 8) for i in range(8)], 1000, seed=11))
+        state = state_when(tuner.url, lambda s: any(w["ttft_count"] for w in s["windows"]), 30, "a window with traffic")
+        assert state["status"].startswith("observing only") and state["split"] is None
+        assert state["decisions"] == [] and state["counts"]["decisions"] == 0  # SLOs missed, nothing to move
+        answer = httpx.post(tuner.url + "/split", json={"prefill": 1, "decode": 1}, timeout=10)
+        assert answer.status_code == 409 and "no split to set" in answer.json()["error"]
+        assert "semipd_tuner_engine_up 1" in httpx.get(tuner.url + "/metrics", timeout=10).text
+    finally:
+        tuner.stop()

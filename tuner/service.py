@@ -32,6 +32,15 @@ class SplitRejected(RuntimeError):
     pass
 
 
+class NothingToTune(RuntimeError):
+    pass
+
+
+# A unified engine (`semipd serve --mode unified`, stock SGLang) runs both phases on the whole
+# device and has no /semipd/split: the tuner still reads its windows, and decides nothing.
+OBSERVING = "observing only: the engine runs both phases together (no /semipd/split), nothing to tune"
+
+
 @dataclass
 class Settings:
     ttft_slo_s: float
@@ -65,8 +74,11 @@ class EngineClient:
         self.headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         self.timeout_s = timeout_s
 
-    def split(self) -> dict:
+    def split(self) -> dict | None:
+        """The split in force, or None for an engine without one (unified)."""
         response = httpx.get(self.url + "/semipd/split", headers=self.headers, timeout=self.timeout_s)
+        if response.status_code == 404:
+            return None
         response.raise_for_status()
         state = response.json()
         if not all(isinstance(v, int) for v in (state["split"]["prefill"], state["split"]["decode"], state["units"])):
@@ -127,25 +139,27 @@ class Tuner:
                 snapshot = self.source.snapshot()
             except (httpx.HTTPError, MetricsError, KeyError, TypeError, ValueError) as exc:
                 return self._failed(exc)
+            # unified: both phases have the whole device, one unit of one
+            split, units = ((split_state["split"]["prefill"], split_state["split"]["decode"]), split_state["units"]) \
+                if split_state else ((1, 1), 1)
             if self.outage_since is not None:
+                in_force = f"{split[0]},{split[1]}" if split_state else "none (unified)"
                 self.store.add_event("recovered", f"engine readable again after {time.time() - self.outage_since:.0f} s "
-                                                  f"({self.failures} failed reads); the split in force is "
-                                                  f"{split_state['split']['prefill']},{split_state['split']['decode']}")
+                                                  f"({self.failures} failed reads); the split in force is {in_force}")
                 self.previous = None  # the engine may have restarted: start a fresh window
-            self.status, self.failures, self.outage_since = "ok", 0, None
+            self.status, self.failures, self.outage_since = ("ok" if split_state else OBSERVING), 0, None
             self.split_state = split_state
             if self.previous is not None and snapshot.time_s <= self.previous.time_s:
                 return self.settings.interval_s  # Prometheus has not scraped the engine since the last tick
-            split = (split_state["split"]["prefill"], split_state["split"]["decode"])
             s = self.settings
-            obs = observe(self.previous, snapshot, split, split_state["units"], s.ttft_slo_s, s.tpot_slo_s)
+            obs = observe(self.previous, snapshot, split, units, s.ttft_slo_s, s.tpot_slo_s)
             first = self.previous is None
             self.previous = snapshot
             if first:
                 return s.interval_s  # cumulative counts since the engine started are not a window
             self.windows.append(window_summary(obs))
-            if s.enabled:
-                self._decide(obs, split, split_state["units"])
+            if s.enabled and split_state:
+                self._decide(obs, split, units)
             return s.interval_s
 
     def _failed(self, exc: Exception) -> float:
@@ -162,7 +176,7 @@ class Tuner:
         decision = get_policy(self.settings.policy).decide(obs, self.settings.params, self.policy_state)
         self.policy_state = decision.state
         self.store.put("policy_state", self.policy_state)
-        self.last_reason = decision.reason
+        self.last_reason = self.windows[-1]["reason"] = decision.reason
         if decision.split is None or tuple(decision.split) == split:
             return
         self.counts["decisions"] += 1
@@ -210,6 +224,8 @@ class Tuner:
     def force_split(self, prefill, decode, who: str = "operator") -> dict:
         with self.lock:
             state = self.split_state or self.engine.split()
+            if state is None:
+                raise NothingToTune(f"the engine at {self.engine.url} runs both phases together: it has no split to set")
             error = self.invalid((prefill, decode), state["units"])
             if error:
                 raise ValueError(error)
@@ -233,7 +249,7 @@ class Tuner:
         with self.lock:
             s, last = self.settings, (self.windows[-1] if self.windows else {})
             lines = [f"semipd_tuner_enabled {int(s.enabled)}", f"semipd_tuner_ttft_slo_seconds {s.ttft_slo_s}",
-                     f"semipd_tuner_tpot_slo_seconds {s.tpot_slo_s}", f"semipd_tuner_engine_up {int(self.status == 'ok')}"]
+                     f"semipd_tuner_tpot_slo_seconds {s.tpot_slo_s}", f"semipd_tuner_engine_up {int(self.status in ('ok', OBSERVING))}"]
             lines += [f"semipd_tuner_{name}_total {value}" for name, value in self.counts.items()]
             for key in ("ttft_p90_s", "tpot_p90_s", "ttft_attainment", "tpot_attainment", "rate"):
                 if last.get(key) is not None:
@@ -289,6 +305,8 @@ def make_handler(tuner: Tuner):
                 return self._send(404, {"error": f"no route {url.path}; POST routes: /settings, /split"})
             except ValueError as exc:
                 return self._send(400, {"error": str(exc)})
+            except NothingToTune as exc:
+                return self._send(409, {"error": str(exc)})
             except (SplitRejected, httpx.HTTPError) as exc:
                 return self._send(502, {"error": str(exc)})
 
