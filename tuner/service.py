@@ -213,7 +213,10 @@ class Tuner:
             if "policy" in changes and "params" not in changes:
                 merged["params"] = {}  # another policy: its own defaults
             new = checked(Settings(**merged))
-            if new.policy != self.settings.policy or new.params != self.settings.params:
+            # another policy or parameters, or a tuner switched back on (what it gathered before it
+            # was off may no longer hold): the policy starts afresh
+            if new.policy != self.settings.policy or new.params != self.settings.params or \
+                    (new.enabled and not self.settings.enabled):
                 self.policy_state = {}
                 self.store.put("policy_state", {})
             self.settings = new
