@@ -60,8 +60,8 @@ def run_phase(url: str, requests, seed: int, seconds: float, tuner_url: str, unt
     try:
         return state_when(tuner_url, until, seconds, "the split to move"), started
     finally:
+        stop.set()  # first: a tuner that fails to answer must not leave the load running
         httpx.post(tuner_url + "/settings", json={"enabled": False}, timeout=10).raise_for_status()
-        stop.set()
         thread.join(timeout=120)
         assert result.get("failures") == [], result.get("failures")
 
