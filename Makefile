@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up serve test bench-serve system-deps
+.PHONY: up serve test test-unit bench-serve system-deps
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ serve: $(INSTALLED)
 
 test: $(INSTALLED) system-deps
 	$(VENV)/bin/python -m pytest
+
+# The fast tier alone (no servers): the inner loop.
+test-unit: $(INSTALLED)
+	$(VENV)/bin/python -m pytest tests/unit
 
 # Tests that need system programs install Debian's packages when missing: chromium (the dashboard
 # opened in a real browser) and prometheus (the tuner reading a real Prometheus).

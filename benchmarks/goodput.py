@@ -18,14 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import systems  # noqa: E402
-from engine.model_cache import cached_model  # noqa: E402
-from tuner.bench import plot_attainment, run_rate  # noqa: E402
-from tuner.calibrate_slo import calibrate  # noqa: E402
-from tuner.report import goodput, summarize  # noqa: E402
-from tuner.workload import mean_rate, parse_workload, scale_rate  # noqa: E402
+import systems
+from engine.default_model import cached_model
+from loadtest.bench import plot_attainment, run_rate
+from loadtest.calibrate_slo import calibrate
+from loadtest.report import goodput, summarize
+from loadtest.workload import mean_rate, parse_workload, scale_rate
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023_conv.csv"
 VOCAB = 8000

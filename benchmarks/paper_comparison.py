@@ -21,14 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from policies import get_policy, load_params  # noqa: E402
-from tuner.bench import plot_attainment  # noqa: E402
-from tuner.perf_model import Work, build_model, prefill_work  # noqa: E402
-from tuner.report import goodput, summarize  # noqa: E402
-from tuner.simulate import simulate  # noqa: E402
-from tuner.workload import Request, load_azure_trace, with_poisson_arrivals  # noqa: E402
+from loadtest.bench import plot_attainment
+from loadtest.report import goodput, summarize
+from loadtest.workload import Request, load_azure_trace, with_poisson_arrivals
+from policies import get_policy, load_params
+from simulator.perf_model import Work, build_model, prefill_work
+from simulator.simulation import simulate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRACE = SHARED / "azure_llm_2023_conv.csv"

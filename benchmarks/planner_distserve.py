@@ -21,16 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from policies import get_policy, load_params  # noqa: E402
-from tuner.hardware_profiles import HARDWARE, MODELS  # noqa: E402
-from tuner.perf_model import Work, prefill_work  # noqa: E402
-from tuner.placement import Candidate, Parallel, kv_capacity  # noqa: E402
-from tuner.plan import search  # noqa: E402
-from tuner.plan_eval import Evaluator  # noqa: E402
-from tuner.report import percentile  # noqa: E402
-from tuner.workload import load_azure_trace  # noqa: E402
+from loadtest.report import percentile
+from loadtest.workload import load_azure_trace
+from planner.candidates import Candidate, Parallel, kv_capacity
+from planner.evaluate import Evaluator
+from planner.search import search
+from policies import get_policy, load_params
+from simulator.hardware_profiles import HARDWARE, MODELS
+from simulator.perf_model import Work, prefill_work
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRACE = SHARED / "azure_llm_2023_conv.csv"

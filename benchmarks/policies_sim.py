@@ -22,13 +22,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from policies import get_policy, load_params  # noqa: E402
-from tuner.perf_model import build_model  # noqa: E402
-from tuner.report import bisect_goodput, summarize  # noqa: E402
-from tuner.simulate import simulate  # noqa: E402
-from tuner.workload import parse_workload, scale_rate  # noqa: E402
+from loadtest.report import bisect_goodput, summarize
+from loadtest.workload import parse_workload, scale_rate
+from policies import get_policy, load_params
+from simulator.perf_model import build_model
+from simulator.simulation import simulate
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023_conv.csv"
 DECODE_HEAVY = "poisson:rate=10,prompt=uniform(100,400),output=uniform(200,600),count=2400,seed=1"

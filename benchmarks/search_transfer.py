@@ -18,16 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from loadtest.report import bisect_goodput, summarize
+from loadtest.workload import mean_rate, parse_workload, scale_rate
+from policies import get_policy, load_params
+from policies_sim import SHIFTING
+from simulator.perf_model import build_model
+from simulator.simulation import simulate
 
-from policies_sim import SHIFTING  # noqa: E402
-from policies import get_policy, load_params  # noqa: E402
-from tuner.perf_model import build_model  # noqa: E402
-from tuner.report import bisect_goodput, summarize  # noqa: E402
-from tuner.simulate import simulate  # noqa: E402
-from tuner.workload import mean_rate, parse_workload, scale_rate  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TRACE = ROOT.parent / "shared" / "data" / "azure_llm_2023_conv.csv"
 TEST = f"trace:{TRACE},start=1800,duration=600,max_prompt=2048,max_output=1024"
@@ -46,7 +44,7 @@ def main() -> int:
     rate = 1.3 * mean_rate(train)
     best_file, db = out / f"{args.policy}-best.json", out / "search.db"
     db.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "tuner.cli", "search", "--policy", args.policy, "--workload", SHIFTING,
+    command = [sys.executable, "-m", "cli.main", "search", "--policy", args.policy, "--workload", SHIFTING,
                "--ttft-slo", str(SLO[0]), "--tpot-slo", str(SLO[1]), "--trials", str(args.trials),
                "--objective", "attainment", "--rate", f"{rate:.3f}", "--split", "50,50",
                "--storage", f"sqlite:///{db}", "--out", str(best_file)]

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import systems  # noqa: E402
-from engine.model_cache import cached_model  # noqa: E402
-from tuner.loadgen import replay  # noqa: E402
-from tuner.report import percentile, summarize  # noqa: E402
-from tuner.workload import load_azure_trace, with_poisson_arrivals  # noqa: E402
+import systems
+from engine.default_model import cached_model
+from loadtest.load_generator import replay
+from loadtest.report import percentile, summarize
+from loadtest.workload import load_azure_trace, with_poisson_arrivals
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023_conv.csv"
 

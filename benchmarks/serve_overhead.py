@@ -21,12 +21,11 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import systems  # noqa: E402
-from engine.model_cache import cached_model  # noqa: E402
-from tuner.launcher import ServerProcess  # noqa: E402
-from tuner.loadgen import run_concurrently  # noqa: E402
+import systems
+from engine.default_model import cached_model
+from loadtest.load_generator import run_concurrently
+from stack.server_process import ServerProcess
 
 PROMPT_LEN, NEW_TOKENS, SINGLE_REQUESTS = 256, 64, 8
 

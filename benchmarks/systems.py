@@ -6,11 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.platform import prepare_cpu_process_env  # noqa: E402
-from engine.serve import sglang_argv  # noqa: E402
-from tuner.launcher import ServerProcess  # noqa: E402
+from engine.device_env import prepare_cpu_process_env
+from engine.launch import sglang_argv
+from stack.server_process import ServerProcess
 
 
 def command(system: str, model: Path, port: int, *extra: str) -> tuple[list[str], dict]:
@@ -23,7 +21,7 @@ def command(system: str, model: Path, port: int, *extra: str) -> tuple[list[str]
                 *sglang_argv(str(model), "127.0.0.1", port, "cpu", list(extra))], env
     mode, _, split = system.partition(":")
     split, lend, _ = split.partition("+lend")
-    cmd = [sys.executable, "-m", "tuner.cli", "serve", "--model", str(model), "--port", str(port), "--mode", mode]
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--port", str(port), "--mode", mode]
     cmd += (["--split", split] if split else []) + (["--lend-idle-cores"] if lend else [])
     return cmd + list(extra), env
 

@@ -19,15 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import systems  # noqa: E402
-from engine.model_cache import cached_model  # noqa: E402
-from tuner.calibrate_model import calibrate, fit_profile, steps_since  # noqa: E402
-from tuner.loadgen import replay  # noqa: E402
-from tuner.report import summarize, write_records  # noqa: E402
-from tuner.simulate import simulate  # noqa: E402
-from tuner.workload import load_azure_trace, with_poisson_arrivals  # noqa: E402
+import systems
+from engine.default_model import cached_model
+from loadtest.load_generator import replay
+from loadtest.report import summarize, write_records
+from loadtest.workload import load_azure_trace, with_poisson_arrivals
+from simulator.calibrate import calibrate, fit_profile, steps_since
+from simulator.simulation import simulate
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023_conv.csv"
 METRICS = ("ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "tpot_p90_s")

@@ -178,7 +178,7 @@ def search_panel(settings: dict) -> None:
         trials = st.number_input("trials", 1, 1000, 30, key="search_trials")
         if st.form_submit_button("start search (simulator)"):
             folder = tempfile.mkdtemp(prefix="semipd-search-")
-            command = [sys.executable, "-m", "tuner.cli", "search", "--policy", name, "--workload", workload,
+            command = [sys.executable, "-m", "cli.main", "search", "--policy", name, "--workload", workload,
                        "--ttft-slo", str(settings["ttft_slo_s"]), "--tpot-slo", str(settings["tpot_slo_s"]),
                        "--trials", str(int(trials)), "--storage", f"sqlite:///{folder}/study.db",
                        "--study", "dashboard", "--out", f"{folder}/best.json"]

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from contract import (CACHE_HIT_RATE, KV_CAPACITY_TOKENS, KV_USED_TOKENS, TUNER_SETTINGS_ROUTE, TUNER_SPLIT_ROUTE,
+                      TUNER_STATE_ROUTE, split_request)
+from tuner.engine_metrics import MetricsError, parse, total
+
 TIMEOUT_S = 5.0
 
 
@@ -31,29 +35,27 @@ def _call(method: str, url: str, **kwargs) -> Reply:
 
 
 def state(tuner: str) -> Reply:
-    return _call("GET", tuner.rstrip("/") + "/state")
+    return _call("GET", tuner.rstrip("/") + TUNER_STATE_ROUTE)
 
 
 def update_settings(tuner: str, **changes) -> Reply:
-    return _call("POST", tuner.rstrip("/") + "/settings", json=changes)
+    return _call("POST", tuner.rstrip("/") + TUNER_SETTINGS_ROUTE, json=changes)
 
 
 def force_split(tuner: str, prefill: int, decode: int) -> Reply:
-    return _call("POST", tuner.rstrip("/") + "/split", json={"prefill": prefill, "decode": decode, "who": "dashboard"})
+    return _call("POST", tuner.rstrip("/") + TUNER_SPLIT_ROUTE, json=split_request(prefill, decode, "dashboard"))
 
 
 def engine_cache(engine: str) -> Reply:
     """KV cache use and radix cache hit rate from the engine's metrics."""
-    from tuner.prom_metrics import MetricsError, parse, total
-
     try:
         response = httpx.get(engine.rstrip("/") + "/metrics", timeout=TIMEOUT_S)
         response.raise_for_status()
         snap = parse(response.text)
     except (httpx.HTTPError, MetricsError) as exc:
         return Reply(None, f"cannot read {engine}/metrics: {exc}")
-    capacity = total(snap, "sglang:max_total_num_tokens")
-    used = total(snap, "sglang:kv_used_tokens")
+    capacity = total(snap, KV_CAPACITY_TOKENS)
+    used = total(snap, KV_USED_TOKENS)
     return Reply({"kv_used_tokens": used, "kv_capacity_tokens": capacity,
                   "kv_use": used / capacity if capacity else None,
-                  "cache_hit_rate": total(snap, "sglang:cache_hit_rate")})
+                  "cache_hit_rate": total(snap, CACHE_HIT_RATE)})

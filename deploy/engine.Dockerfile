@@ -6,10 +6,16 @@ RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/semipd
 COPY pyproject.toml README.md ./
-COPY engine engine
-COPY tuner tuner
+COPY contract contract
 COPY policies policies
+COPY loadtest loadtest
+COPY simulator simulator
+COPY planner planner
+COPY tuner tuner
 COPY dashboard dashboard
+COPY stack stack
+COPY cli cli
+COPY engine engine
 RUN pip install --no-cache-dir -e '.[engine]'
 EXPOSE 30000
 CMD ["semipd", "serve", "--mode", "semi-pd", "--host", "0.0.0.0", "--port", "30000"]

@@ -10,11 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Histogram bounds for TTFT and TPOT: finer than SGLang's defaults (0.1, 0.2, 0.4, ... s) so that
-# windowed percentiles near tight SLOs are resolved. `semipd serve` gives them to the engine, the
-# simulator bins its samples with them.
-LATENCY_BUCKETS_S = tuple(round(0.001 * 1.25 ** i, 6) for i in range(50))
-
 
 @dataclass(frozen=True)
 class Histogram:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tuner.launcher import ServerProcess
+from stack.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
-SEMIPD = [sys.executable, "-m", "tuner.cli"]
+SEMIPD = [sys.executable, "-m", "cli.main"]
+
+
+def run_semipd(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`semipd ARGS...` run to completion in the checkout, output captured."""
+    return subprocess.run([*SEMIPD, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:
@@ -23,7 +29,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from engine.model_cache import cached_model
+    from engine.default_model import cached_model
 
     return cached_model("tiny")
 

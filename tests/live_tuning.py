@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from tuner.calibrate_model import flush_cache
-from tuner.loadgen import replay
-from tuner.workload import Request
+from loadtest.load_generator import replay
+from loadtest.workload import Request
+from simulator.calibrate import flush_cache
 
 def get(url: str, path: str = "/state") -> dict:
     return httpx.get(url + path, timeout=10).json()

@@ -7,9 +7,10 @@ from urllib.parse import urlparse
 
 import httpx
 
-from tuner.prom_metrics import QUEUE, STEP_TIME, TPOT, TTFT, MetricsError, Snapshot
+from contract import QUEUE_LENGTH, STEP_TIME, TPOT, TTFT
+from tuner.engine_metrics import MetricsError, Snapshot
 
-SERIES = (TTFT + "_bucket", TPOT + "_bucket", STEP_TIME + "_sum", QUEUE)
+SERIES = (TTFT + "_bucket", TPOT + "_bucket", STEP_TIME + "_sum", QUEUE_LENGTH)
 LOOKBACK = "1m"  # series not scraped within this are gone (the engine is down)
 
 

@@ -1,4 +1,5 @@
-"""Timings taken by every rank together: the benchmark's body and the measured tuner.
+"""Timings taken by every rank together: the benchmark (`semipd bench-overlap`), the measured
+tuner, and the cost model's constants.
 
 A time is the slowest rank's (an all-reduce of MAX), so all ranks hold identical numbers and any
 choice made from them is the same on every rank - a requirement, since ranks that chose different
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from engine.tensor_overlap.overlapped_linear import (
     CPU_GLOO_MODEL, gemm_then_all_reduce, overlapped_gemm_all_reduce,
 )
+from engine.tensor_overlap.process_group import run_on_ranks
 from engine.tensor_overlap.wave_schedule import (
     CostModel, ShapeKey, ScheduleCache, WavePlan, choose_by_measurement, choose_by_model,
     compositions, device_tag, group_row_ranges, wave_count, wave_rows_for,
@@ -139,3 +141,17 @@ def calibrate_worker(rank: int, world_size: int, m: int, n: int, k: int, repeats
         # both = max(gemm, comm) if overlap were free; any excess is the two sharing cores
         "contention": min(0.9, max(0.0, (both - max(full, big_s)) / max(min(full, big_s), 1e-9))),
     }
+
+
+def benchmark(world_size: int, shapes: list[tuple[int, int, int]], repeats: int, warmup: int, tuner: str,
+              max_waves: int, timeout_s: float) -> list[dict]:
+    """The benchmark on `world_size` local gloo ranks: per shape, a ShapeResult as a dict.
+    RuntimeError if a rank fails or no answer comes within `timeout_s`."""
+    return run_on_ranks(world_size, bench_worker, (shapes, repeats, warmup, tuner, max_waves), timeout_s=timeout_s)
+
+
+def calibrate_cost_model(world_size: int, shape: tuple[int, int, int], repeats: int, timeout_s: float) -> dict:
+    """CostModel's constants measured on `world_size` local gloo ranks at one shape (see
+    calibrate_worker). RuntimeError if a rank fails or no answer comes within `timeout_s`."""
+    m, n, k = shape
+    return run_on_ranks(world_size, calibrate_worker, (m, n, k, repeats), timeout_s=timeout_s)

@@ -97,16 +97,13 @@ def install(mode_text: str | None = None) -> bool:
         return False
     if _state["installed"]:
         return True
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
+    from engine.sglang_seams import register_around_hooks
     from engine.tensor_overlap.overlapped_linear import GroupPolicy
 
     mode, count = parse_mode(text)
     _state["policy"] = GroupPolicy(mode=mode, count=max(count, 1), model=model_from_env())
-    HookRegistry.register(INIT_TARGET, _around_init, HookType.AROUND)
-    HookRegistry.register(TARGET, _around_forward, HookType.AROUND)
-    HookRegistry.register(ALL_REDUCE_TARGET, _around_group_all_reduce, HookType.AROUND)
-    HookRegistry.apply_hooks()
+    register_around_hooks({INIT_TARGET: _around_init, TARGET: _around_forward,
+                           ALL_REDUCE_TARGET: _around_group_all_reduce})
     _state["installed"] = True
     print(f"{LOG}: installed on {', '.join(LAYER_NAMES)} (groups: {text})", file=sys.stderr, flush=True)
     return True

@@ -3,7 +3,7 @@
 The published `sglang-kernel` wheel carries CUDA binaries only and fails to import on a CPU-only
 machine, and the CPU build of that library is not published. SGLang's CPU engine imports names
 from it at module level but, for the dense models semipd serves, never calls them. This package
-is put first on the import path only on CPU (see engine/platform.py): every name and submodule
+is put first on the import path only on CPU (see engine/device_env.py): every name and submodule
 imports, and calling one raises an error that names the op, so a missing kernel is never silent.
 """
 

@@ -1,0 +1,76 @@
+"""`semipd calibrate-model`: measure a running semi-PD engine's step times and fit the simulator's
+step-time model to them, so that `semipd simulate --hardware FILE.json` predicts that engine.
+
+How it measures and what it fits: simulator/calibrate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cli.arguments import parse_pair
+
+HELP = "measure a running semi-pd engine and fit the simulator's step-time model to it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0].split(": ", 1)[1]
+    parser.add_argument("--url", help="a `semipd serve --mode semi-pd` server")
+    parser.add_argument("--from-steps", metavar="FILE",
+                        help="refit from the raw measurements an earlier run kept (OUT.steps.json), no engine")
+    parser.add_argument("--splits", nargs="+", metavar="P,D",
+                        help="splits to measure (default: the smallest disjoint one, e.g. 1,1, and the whole "
+                             "device for each phase)")
+    parser.add_argument("--out", default="calibrated-profile.json", help="where to write the profile")
+    parser.add_argument("--repeats", type=int, default=2, help="repetitions of each measurement (default 2)")
+    parser.add_argument("--load-seconds", type=float, default=20.0,
+                        help="length of the mixed load per split, for contention (default 20)")
+    parser.add_argument("--vocab", type=int, default=1000, help="prompt token ids from [10, VOCAB)")
+    parser.add_argument("--json", action="store_true", help="print the fitted profile as JSON")
+
+
+def run(args: argparse.Namespace, passthrough=()) -> int:
+    from loadtest.load_generator import ServerUnreachable, served_model
+    from simulator.calibrate import calibrate, refit
+
+    url = (args.url or "").rstrip("/")
+    try:
+        if not url and not args.from_steps:
+            raise ValueError("give --url (an engine to measure) or --from-steps FILE")
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+        if args.load_seconds <= 0:
+            raise ValueError(f"--load-seconds must be positive, got {args.load_seconds}")
+        splits = [parse_pair(s, "--splits") for s in args.splits] if args.splits else None
+        say = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+        if args.from_steps:
+            profile = refit(args.from_steps)
+        else:
+            served_model(url)
+            profile = calibrate(url, splits, args.repeats, args.load_seconds, args.vocab, say,
+                                keep=str(Path(args.out).with_suffix(".steps.json")))
+    except (ValueError, ServerUnreachable, RuntimeError, OSError, KeyError) as exc:
+        print(f"semipd calibrate-model: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an engine without /semipd/ routes answers 404
+        print(f"semipd calibrate-model: {url} is not a semi-pd engine ({exc})", file=sys.stderr)
+        return 2
+    profile.save(args.out)
+    if args.json:
+        print(open(args.out).read())
+        return 0
+    ms = lambda v: f"{v * 1e3:.3f} ms"
+    print(f"wrote {args.out}: {profile.source}")
+    for share, (a, b, c, d) in profile.prefill:
+        print(f"  prefill on {share:.0%}: {ms(a)} + {ms(b)}/token + {c * 1e9:.3f} ns/pair + {ms(d)}/cached token")
+    for share, (a, b, c) in profile.decode:
+        print(f"  decode  on {share:.0%}: {ms(a)} + {b * 1e6:.3f} us/context token + {ms(c)}/request")
+    print(f"  both running: prefill {profile.contention[0]:+.0%}, decode {profile.contention[1]:+.0%} "
+          f"(overlapping shares: {profile.oversubscribed[0]:+.0%}, {profile.oversubscribed[1]:+.0%})")
+    print(f"  request overhead {ms(profile.request_overhead_s)}, decode gap {ms(profile.decode_gap_s)}, "
+          f"prefill hand-off {ms(profile.handoff_s)}; "
+          f"median fit error prefill {profile.fit_error['prefill']:.1%}, decode {profile.fit_error['decode']:.1%}")
+    print(f"  use: semipd simulate --hardware {args.out} --system semi-pd --split P,D ...")
+    return 0

@@ -1,0 +1,38 @@
+"""`semipd dashboard`: start the Streamlit control panel for a tuner (and its engine)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HELP = "the live control panel (Streamlit): SLOs, latencies, the split, tuner controls, searches"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = HELP
+    parser.add_argument("--tuner", required=True, metavar="URL", help="a `semipd tune` service")
+    parser.add_argument("--engine", default="", metavar="URL", help="its engine, for KV and radix cache panels")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8501)
+
+
+def run(args: argparse.Namespace, passthrough=()) -> int:
+    import dashboard
+
+    if not 0 < args.port < 65536:
+        print(f"semipd dashboard: --port {args.port} is out of range 1..65535", file=sys.stderr)
+        return 2
+    app = Path(dashboard.__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
+               "--server.port", str(args.port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--", "--tuner", args.tuner, "--engine", args.engine]
+    print(f"semipd dashboard: http://{args.host}:{args.port} (tuner {args.tuner})", flush=True)
+    # app.py imports the dashboard package: the folder above it goes on the path of streamlit's process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parent.parent), os.environ.get("PYTHONPATH")]))}
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,109 @@
+"""`semipd serve`: SGLang's HTTP server, unified or semi-PD, with safe defaults for this machine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "start an SGLang-compatible server (unified or semi-PD mode)"
+PASSTHROUGH = True
+MODES = ("unified", "semi-pd")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start an SGLang server. Any `python -m sglang.launch_server` flag passes through "
+        "(see --sglang-help); semipd fills in safe defaults for this machine."
+    )
+    parser.add_argument("--model", metavar="PATH",
+                        help="Hugging Face model folder (default: the embedded tiny model, built "
+                             "once into the cache)")
+    parser.add_argument("--mode", choices=MODES, default="unified",
+                        help="unified: stock SGLang scheduling (default); semi-pd: prefill and "
+                             "decode workers on separate compute partitions over shared storage")
+    parser.add_argument("--split", default="1,1", metavar="P,D",
+                        help="semi-pd only: compute shares of the prefill and decode workers; on "
+                             "CPU a number of cores each (may overlap), default 1,1; changed live "
+                             "with POST /semipd/split")
+    parser.add_argument("--lend-idle-cores", action="store_true",
+                        help="semi-pd on CPU: a worker that will be idle during the other's next "
+                             "step lends it its cores for that step")
+    parser.add_argument("--tp-overlap", nargs="?", const="auto", metavar="GROUPS",
+                        help="with --tp-size > 1: overlap each o_proj / down_proj GEMM with its "
+                             "all-reduce, group of output rows by group; GROUPS is 'auto' (tuned per "
+                             "shape, the default when the flag is given bare) or a fixed group count "
+                             "(see docs/tensor-overlap.md)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=30000, help="port (default 30000)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="default: cuda when a GPU is present, else cpu")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the SGLang arguments and exit without starting")
+    parser.add_argument("--sglang-help", action="store_true",
+                        help="show every SGLang server flag and exit")
+
+
+def run(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from engine import launch
+    from engine.device_env import detect_device
+    from engine.partition import InvalidSplit
+    from engine.semipd import settings
+    from engine.tensor_overlap import sglang_patch
+    from engine.tensor_overlap.cpu_tp import tp_size_from_args
+
+    device = args.device or detect_device()
+    launch.prepare_device(device, passthrough)
+    if args.tp_overlap is not None:
+        try:
+            sglang_patch.configure(args.tp_overlap)
+        except ValueError as exc:
+            print(f"semipd serve: --tp-overlap: {exc}", file=sys.stderr)
+            return 2
+        if tp_size_from_args(passthrough) < 2:
+            print("semipd serve: note: --tp-overlap has no effect without --tp-size 2 or more", file=sys.stderr)
+    if args.sglang_help:
+        launch.print_sglang_help()
+        return 0
+
+    control_endpoint = None
+    if args.mode == "semi-pd":
+        if device != "cpu":
+            print("semipd serve: semi-pd mode on GPU is not available yet (see README: GPU partition "
+                  "backends)", file=sys.stderr)
+            return 2
+        try:
+            control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores)
+        except InvalidSplit as exc:
+            print(f"semipd serve: --split: {exc}", file=sys.stderr)
+            return 2
+        passthrough = [*passthrough, "--disable-overlap-schedule"]
+    model = args.model
+    if model is None:
+        from engine.default_model import embedded_default_model
+
+        model = str(embedded_default_model())
+    elif not (Path(model) / "config.json").is_file():
+        print(f"semipd serve: --model {model!r} is not a model folder (no config.json)", file=sys.stderr)
+        return 2
+
+    argv = launch.sglang_argv(model, args.host, args.port, device, passthrough)
+    if args.dry_run:
+        print(" ".join(["python", "-m", "sglang.launch_server", *argv]))
+        return 0
+    from engine.sglang_seams import SeamChanged, check_seams
+
+    try:
+        for warning in check_seams():
+            print(f"semipd serve: warning: {warning}", file=sys.stderr)
+    except SeamChanged as exc:
+        print(f"semipd serve: {exc}", file=sys.stderr)
+        return 2
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+
+    def announce() -> None:
+        print(f"\nsemipd: serving {model} ({args.mode} mode, {device}) at http://{shown_host}:{args.port}\n"
+              f"Try:\n  {launch.curl_example(shown_host, args.port)}\n", flush=True)
+
+    launch.start(model, argv, announce, control_endpoint, args.tp_overlap is not None)
+    return 0

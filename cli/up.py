@@ -1,0 +1,132 @@
+"""`semipd up`: the whole stack on this machine, no Docker: engine, tuner, dashboard (and demo load).
+
+Starts `semipd serve --mode semi-pd` on the embedded default model (built on first use) and the
+dashboard at once; once the engine answers, measures it unloaded and sets tight SLOs (7.5x, as
+`semipd calibrate-slo` does) unless --ttft-slo/--tpot-slo are given; starts `semipd tune`; with
+--demo, replays a slice of the Azure trace again and again so the dashboard shows live traffic.
+Prints the URLs. Ctrl-C (or SIGTERM) stops everything; a part that dies stops the rest, and its
+log's last lines are printed. Logs and the tuner's store are kept in --run-dir. Flags it does not
+know go to `semipd serve` (and so to SGLang).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+HELP = "start engine (semi-pd), tuner and dashboard on this machine; --demo adds live load"
+PASSTHROUGH = True  # the rest goes to `semipd serve`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stack.up import SYNTHETIC_DEMO
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__.split(": ", 1)[1]
+    parser.add_argument("--model", metavar="PATH", help="model folder (default: the embedded tiny model)")
+    parser.add_argument("--split", default="1,1", metavar="P,D", help="the split at start (default 1,1)")
+    parser.add_argument("--policy", default="mpc", help="the tuner's policy (default mpc)")
+    parser.add_argument("--ttft-slo", type=float, metavar="S", help="TTFT SLO (default: 7.5x unloaded, measured)")
+    parser.add_argument("--tpot-slo", type=float, metavar="S", help="TPOT SLO (default: 7.5x unloaded, measured)")
+    parser.add_argument("--host", default="127.0.0.1", help="address all three bind (default 127.0.0.1)")
+    parser.add_argument("--engine-port", type=int, default=30000)
+    parser.add_argument("--tuner-port", type=int, default=31000)
+    parser.add_argument("--dashboard-port", type=int, default=8501)
+    parser.add_argument("--demo", action="store_true", help="replay a slice of a trace again and again")
+    parser.add_argument("--demo-workload", metavar="SPEC",
+                        help="what --demo replays (default: 5 minutes of ../shared/data's Azure conversation "
+                             f"trace, lengths /4; without it: {SYNTHETIC_DEMO})")
+    parser.add_argument("--run-dir", default="semipd-up", metavar="DIR",
+                        help="logs and the tuner's store (default ./semipd-up)")
+    parser.add_argument("--start-timeout", type=float, default=600, metavar="S",
+                        help="give up if the engine does not answer within S seconds (default 600)")
+
+
+def checked_ports(args) -> dict[str, int]:
+    from stack.up import port_in_use
+
+    ports = {"--engine-port": args.engine_port, "--tuner-port": args.tuner_port,
+             "--dashboard-port": args.dashboard_port}
+    for flag, port in ports.items():
+        if not 0 < port < 65536:
+            raise ValueError(f"{flag} {port} is out of range 1..65535")
+    if len(set(ports.values())) < 3:
+        raise ValueError(f"the three ports must differ, got {ports}")
+    for flag, port in ports.items():
+        if port_in_use(args.host, port):
+            raise ValueError(f"{flag} {port} is in use on {args.host}; stop what holds it or choose another port")
+    return ports
+
+
+def run(args: argparse.Namespace, passthrough=()) -> int:
+    from loadtest.workload import WorkloadError
+    from policies import POLICIES
+    from stack.server_process import ServerStartError
+    from stack.up import Stack, demo_workload, measured_slos
+
+    try:
+        for name in ("ttft_slo", "tpot_slo"):
+            value = getattr(args, name)
+            if value is not None and not 0 < value < 3600:
+                raise ValueError(f"--{name.replace('_', '-')} {value} is out of range (0, 3600) seconds")
+        if args.policy not in POLICIES:
+            raise ValueError(f"unknown --policy {args.policy!r}; valid policies: {', '.join(POLICIES)}")
+        checked_ports(args)
+        demo = demo_workload(args.demo_workload) if args.demo else None
+    except (ValueError, WorkloadError) as exc:
+        print(f"semipd up: {exc}", file=sys.stderr)
+        return 2
+
+    run_dir = Path(args.run_dir)
+    stack = Stack(run_dir, args.host, args.engine_port, args.tuner_port, args.dashboard_port, args.model,
+                  args.split, args.policy, passthrough)
+    url = stack.url
+    # SIGTERM as Ctrl-C; and Ctrl-C even where the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    started = time.monotonic()
+    try:
+        model = args.model or "the tiny model (built on the first run)"
+        print(f"semipd up: starting the engine ({model}, semi-pd, split {args.split}) and the dashboard; "
+              f"logs in {run_dir}/", flush=True)
+        stack.launch()
+        stack.engine.wait_ready(args.start_timeout)
+        print(f"semipd up: engine ready after {stack.engine.ready_after_s:.0f} s; measuring it unloaded for SLOs",
+              flush=True)
+        ttft, tpot, origin = measured_slos(url["engine"], args.ttft_slo, args.tpot_slo)
+        stack.start_tuner(ttft, tpot)
+        stack.wait_dashboard()
+        if demo:
+            stack.start_demo(demo[1])
+        print(f"\nsemipd up: ready in {time.monotonic() - started:.0f} s\n"
+              f"  dashboard  {url['dashboard']}\n"
+              f"  engine     {url['engine']}  (SGLang API; split at /semipd/split, metrics at /metrics)\n"
+              f"  tuner      {url['tuner']}/state  (policy {args.policy}; SLOs TTFT {ttft * 1e3:.0f} ms, "
+              f"TPOT {tpot * 1e3:.1f} ms: {origin})\n"
+              + (f"  demo load  {demo[0]}, {len(demo[1])} requests a round, in a loop\n" if demo else "")
+              + "Ctrl-C stops everything.", flush=True)
+        while True:
+            time.sleep(1.0)
+            dead = stack.exited()
+            if dead:
+                name, p = dead
+                print(f"semipd up: the {name} exited with code {p.process.returncode}; stopping the rest. "
+                      f"Last lines of {p.log_path}:\n{p.log_tail()}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        return 0
+    except (ServerStartError, RuntimeError, OSError) as exc:
+        print(f"semipd up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(number, signal.SIG_IGN)
+        load = stack.load
+        if load:
+            load.stopping.set()
+            print(f"semipd up: demo load: {load.sent} requests answered, {load.failed} of them failed", flush=True)
+        stack.stop()
+        print("semipd up: stopped", flush=True)

@@ -1,0 +1,44 @@
+"""What `semipd serve --mode semi-pd` hands from the launcher to SGLang's scheduler process.
+
+Settings travel by environment (SGLang's spawned processes inherit it; its ServerArgs are sealed).
+This module stays light: the launcher must not import prometheus_client (through the scheduler's
+metrics) before SGLang has set PROMETHEUS_MULTIPROC_DIR, or the HTTP process's own metrics
+would never reach /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_SPLIT = "SEMIPD_SPLIT"
+ENV_CONTROL = "SEMIPD_CONTROL_ENDPOINT"
+ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
+
+
+def configure(split_text: str, port: int, lend_idle_cores: bool = False) -> str:
+    """Check the split for this machine and export the settings; returns the control endpoint.
+
+    Raises engine.partition.InvalidSplit with the valid range."""
+    from engine.partition import parse_split
+    from engine.partition.cpu import CpuCores
+
+    CpuCores().check(parse_split(split_text))
+    endpoint = f"ipc:///tmp/semipd-control-{port}-{os.getpid()}.sock"
+    os.environ[ENV_SPLIT] = split_text
+    os.environ[ENV_CONTROL] = endpoint
+    os.environ[ENV_LEND_IDLE] = "1" if lend_idle_cores else "0"
+    return endpoint
+
+
+def remove_endpoint(endpoint: str) -> None:
+    path = endpoint.removeprefix("ipc://")
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def run_semipd_scheduler_process(*args, **kwargs):
+    """SGLang's scheduler process entry, with the semi-PD scheduler in place of the stock one."""
+    from engine.semipd.owner import SemiPDScheduler
+    from engine.sglang_seams import run_scheduler_process_as
+
+    return run_scheduler_process_as(SemiPDScheduler, *args, **kwargs)

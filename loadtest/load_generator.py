@@ -1,0 +1,124 @@
+"""Timed streaming requests against any SGLang or OpenAI-compatible server: one record each.
+
+Requests go to `/v1/completions` with the prompt given as token ids (exactly the requested
+length) and the output forced to its length (`ignore_eos`), which SGLang and vLLM both accept.
+TTFT is the time to the first token chunk; TPOT is (e2e - ttft) / (tokens - 1), as SGLang's
+own benchmark defines it. A request that fails, or ends short, is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+class ServerUnreachable(RuntimeError):
+    pass
+
+
+@dataclass
+class RequestRecord:
+    prompt_len: int
+    max_tokens: int = 0
+    arrival_s: float = 0.0  # when it was sent, from the start of the run
+    output_len: int = 0
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.ttft_s is None or self.e2e_s is None or self.output_len < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.output_len - 1)
+
+
+def served_model(url: str, timeout_s: float = 10.0) -> str:
+    """The first model a server lists at /v1/models; ServerUnreachable with one clear line if not."""
+    try:
+        response = httpx.get(url.rstrip("/") + "/v1/models", timeout=timeout_s)
+        response.raise_for_status()
+        return response.json()["data"][0]["id"]
+    except httpx.HTTPError as exc:
+        raise ServerUnreachable(f"cannot reach an OpenAI-compatible server at {url}: {exc}") from None
+    except (KeyError, IndexError, ValueError):
+        raise ServerUnreachable(f"{url}/v1/models did not list a model") from None
+
+
+async def stream_completion(client: httpx.AsyncClient, url: str, model: str, input_ids: list[int],
+                            max_tokens: int) -> RequestRecord:
+    record = RequestRecord(prompt_len=len(input_ids), max_tokens=max_tokens)
+    body = {"model": model, "prompt": input_ids, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    chunks = 0
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                record.error = f"HTTP {response.status_code}: {(await response.aread()).decode()[:200]}"
+                return record
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                if "error" in chunk:
+                    record.error = str(chunk["error"])[:200]
+                    return record
+                if chunk.get("usage"):
+                    record.output_len = chunk["usage"].get("completion_tokens") or record.output_len
+                if chunk.get("choices"):  # one chunk per token (its text may be empty: partial UTF-8)
+                    now = time.perf_counter() - start
+                    record.ttft_s = now if record.ttft_s is None else record.ttft_s
+                    record.token_times_s.append(now)
+                    chunks += 1
+    except (httpx.HTTPError, ValueError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        return record
+    record.e2e_s = time.perf_counter() - start
+    record.output_len = record.output_len or chunks
+    if record.output_len != max_tokens:
+        record.error = f"incomplete output: {record.output_len} of {max_tokens} tokens"
+    return record
+
+
+def _client(timeout_s: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(timeout=timeout_s, limits=limits)
+
+
+async def run_concurrently(url: str, prompts: list[list[int]], max_tokens: int,
+                           timeout_s: float = 600.0) -> list[RequestRecord]:
+    """Send all prompts at once."""
+    model = served_model(url)
+    async with _client(timeout_s) as client:
+        return await asyncio.gather(*(stream_completion(client, url, model, p, max_tokens) for p in prompts))
+
+
+async def replay(url: str, requests, vocab: int = 1000, timeout_s: float = 600.0, on_done=None,
+                 seed: int = 0) -> list[RequestRecord]:
+    """Send each request at its arrival time (relative to now); one record per request, in order."""
+    from loadtest.workload import prompt_tokens
+
+    model = served_model(url)
+    start = time.perf_counter()
+    async with _client(timeout_s) as client:
+        async def one(i, request):
+            await asyncio.sleep(max(0.0, request.arrival_s - (time.perf_counter() - start)))
+            sent = time.perf_counter() - start
+            record = await stream_completion(client, url, model, prompt_tokens(i, request, vocab, seed),
+                                             request.output_len)
+            record.arrival_s = sent
+            if on_done:
+                on_done(record)
+            return record
+
+        return await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))

@@ -1,0 +1,133 @@
+"""The whole stack on this machine, no Docker (`semipd up`): engine, tuner and dashboard, each a
+`semipd` command in its own process with its log in a run folder, and a demo load.
+
+The engine (`semipd serve --mode semi-pd`) and the dashboard start at once; the tuner once the
+engine answers, with SLOs measured on it unloaded (7.5x, as `semipd calibrate-slo` does) unless
+given. Parts are stopped in the reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
+from loadtest.load_generator import replay
+from loadtest.workload import parse_workload
+from stack.server_process import ServerProcess
+
+SEMIPD = [sys.executable, "-m", "cli.main"]
+TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "azure_llm_2023_conv.csv"
+# Five minutes of the conversation trace, lengths scaled to the tiny model's 2,048-token context.
+TRACE_DEMO = f"trace:{TRACE},duration=300,len_scale=0.25,max_prompt=1024,max_output=256"
+SYNTHETIC_DEMO = "poisson:rate=3,prompt=lognormal(256,1),output=lognormal(64,0.8),count=900"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class DemoLoad:
+    """Replays a workload in a loop (fresh prompts each round) on a thread, until stopped."""
+
+    def __init__(self, url: str, requests):
+        self.url, self.requests = url, requests
+        self.stopping = threading.Event()
+        self.sent = self.failed = 0
+        self.thread = threading.Thread(target=self._run, name="demo-load", daemon=True)
+
+    def _run(self) -> None:
+        round_ = 0
+        while not self.stopping.is_set():
+            asyncio.run(replay(self.url, self.requests, 1000, on_done=self._count, seed=20_000 + round_))
+            round_ += 1
+
+    def _count(self, record) -> None:
+        if self.stopping.is_set():
+            return  # requests cut short by the shutdown are not the engine's failures
+        self.sent += 1
+        self.failed += not record.ok
+
+
+def demo_workload(spec: str | None):
+    """(spec, requests) of the demo load; by default the trace slice, or a synthetic load without the trace."""
+    if spec is None:
+        spec = TRACE_DEMO if TRACE.is_file() else SYNTHETIC_DEMO
+    return spec, parse_workload(spec)
+
+
+def measured_slos(engine_url: str, ttft_slo_s: float | None, tpot_slo_s: float | None) -> tuple[float, float, str]:
+    """(TTFT SLO, TPOT SLO, where they come from): those given; either one missing is 7.5x the
+    engine's unloaded latency, measured."""
+    if ttft_slo_s and tpot_slo_s:
+        return ttft_slo_s, tpot_slo_s, "given"
+    measured = calibrate(engine_url, parse_workload(DEFAULT_WORKLOAD)[:10], 1000)
+    tight = measured["tight"]
+    return (ttft_slo_s or tight["ttft_slo_s"], tpot_slo_s or tight["tpot_slo_s"],
+            f"7.5x unloaded (TTFT {measured['ttft_p50_s'] * 1e3:.0f} ms, TPOT {measured['tpot_p50_s'] * 1e3:.1f} ms)")
+
+
+class Stack:
+    """The engine, dashboard and tuner processes (and the demo load) of one `semipd up`."""
+
+    def __init__(self, run_dir: Path, host: str, engine_port: int, tuner_port: int, dashboard_port: int,
+                 model: str | None = None, split: str = "1,1", policy: str = "mpc", serve_args=()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir, self.host, self.policy = run_dir, host, policy
+        self.tuner_port = tuner_port
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.url = {name: f"http://{local}:{port}" for name, port in
+                    (("engine", engine_port), ("tuner", tuner_port), ("dashboard", dashboard_port))}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.engine = ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", "--split", split, "--host", host,
+                                     "--port", str(engine_port), *(["--model", model] if model else []),
+                                     *serve_args], self.url["engine"], run_dir / "engine.log", self.env)
+        self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",
+                                        self.url["engine"], "--host", host, "--port", str(dashboard_port)],
+                                       self.url["dashboard"], run_dir / "dashboard.log", self.env)
+        self.tuner: ServerProcess | None = None
+        self.parts: list[tuple[str, ServerProcess]] = []  # the started ones, in order
+        self.load: DemoLoad | None = None
+
+    def launch(self) -> None:
+        """Start the engine and the dashboard, without waiting for them."""
+        self.parts += [("engine", self.engine.launch()), ("dashboard", self.dashboard.launch())]
+
+    def start_tuner(self, ttft_slo_s: float, tpot_slo_s: float) -> None:
+        """Start the tuner on the engine (a fresh store in the run folder) and wait until it answers."""
+        self.tuner = ServerProcess([*SEMIPD, "tune", "--engine", self.url["engine"], "--policy", self.policy,
+                                    "--ttft-slo", f"{ttft_slo_s:.4f}", "--tpot-slo", f"{tpot_slo_s:.4f}",
+                                    "--host", self.host, "--port", str(self.tuner_port),
+                                    "--store", str(self.run_dir / "tuner.db"), "--fresh"],
+                                   self.url["tuner"], self.run_dir / "tuner.log", self.env)
+        self.parts.append(("tuner", self.tuner.launch()))
+        self.tuner.wait_ready(60)
+
+    def wait_dashboard(self) -> None:
+        self.dashboard.wait_ready(120, health_path="/_stcore/health")
+
+    def start_demo(self, requests) -> None:
+        self.load = DemoLoad(self.url["engine"], requests)
+        self.load.thread.start()
+
+    def exited(self) -> tuple[str, ServerProcess] | None:
+        """The first started part whose process has exited, with its name; None while all run."""
+        dead = [(name, p) for name, p in self.parts if p.process.poll() is not None]
+        return dead[0] if dead else None
+
+    def stop(self) -> None:
+        """Stop the demo load and every started part, the last started first."""
+        if self.load:
+            self.load.stopping.set()
+        for _, part in reversed(self.parts):
+            part.stop()
