@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semi-pd only: compute shares of the prefill and decode workers; on "
                              "CPU a number of cores each (may overlap), default 1,1; changed live "
                              "with POST /semipd/split")
+    parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="prefill",
+                        help="semi-pd on CPU: where SGLang's HTTP/tokenizer and detokenizer processes run: "
+                             "on the prefill worker's cores (default), decode's, or all")
     parser.add_argument("--lend-idle-cores", action="store_true",
                         help="semi-pd on CPU: a worker that will be idle during the other's next "
                              "step lends it its cores for that step")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
                   "backends)", file=sys.stderr)
             return 2
         try:
-            control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores)
+            control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores)
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2

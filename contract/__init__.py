@@ -45,11 +45,14 @@ def split_request(prefill, decode, who: str | None = None) -> dict:
     return body
 
 
-def split_state(prefill: int, decode: int, *, backend: str, unit: str, units: int, valid: dict,
+def split_state(prefill: int, decode: int, *, backend: str, unit: str, units: int, valid: str,
                 history: list, **extra) -> dict:
-    """The body of GET /semipd/split: the split in force, the partition it lives on, and history."""
+    """The body of GET /semipd/split: the split in force, the partition it lives on, and history.
+    The split (units, units), each phase the whole device, is unified mode: SGLang's own loop runs
+    both phases in turn and the prefill worker stands by (`"unified": true`)."""
     return {"split": {"prefill": prefill, "decode": decode}, "backend": backend, "unit": unit,
-            "units": units, "valid": valid, "history": history, **extra}
+            "units": units, "unified": prefill == decode == units, "valid": valid, "history": history,
+            **extra}
 
 
 def read_split_state(state) -> tuple[tuple[int, int], int]:

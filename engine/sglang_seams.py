@@ -12,6 +12,7 @@ semipd extends SGLang 0.5.23 without editing or copying its files, through these
 | scheduler process   | the prefill worker configures a scheduler process and builds a Scheduler | engine/semipd/prefill_worker.py |
 | row-parallel hooks  | AROUND hooks (SGLang's HookRegistry) on RowParallelLinear and the TP all-reduce | engine/tensor_overlap/sglang_patch.py |
 | HTTP app            | routes and a middleware on SGLang's FastAPI app, SGLang's admin auth | engine/http_routes.py |
+| attention backend   | `semipd_cpu` in SGLang's attention registry and `--attention-backend` choices; a TorchNativeAttnBackend subclass | engine/attention/backend.py |
 
 `check_seams()` runs at the start of `semipd serve`: a release other than the pinned one is named
 in a warning, and a seam whose target is gone or has lost a parameter we pass is an error naming
@@ -63,6 +64,15 @@ SEAMS = (
     Seam("row-parallel hooks", "sglang.srt.distributed.parallel_state.GroupCoordinator.all_reduce"),
     Seam("HTTP app", "sglang.srt.entrypoints.http_server.app"),
     Seam("HTTP app", "sglang.srt.utils.auth.auth_level"),
+    Seam("attention backend", "sglang.srt.layers.attention.attention_registry.register_attention_backend", ("name",)),
+    Seam("attention backend", "sglang.srt.layers.attention.attention_registry.ATTENTION_BACKENDS"),
+    Seam("attention backend", "sglang.srt.arg_groups.choices.add_attention_backend_choices"),
+    Seam("attention backend", "sglang.srt.arg_groups.choices.ATTENTION_BACKEND_CHOICES"),
+    Seam("attention backend", "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_decode",
+         ("q", "k", "v", "layer", "forward_batch", "save_kv_cache")),
+    Seam("attention backend",
+         "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode"),
+    Seam("attention backend", "sglang.srt.mem_cache.memory_pool.KVWriteLoc"),
 )
 
 
@@ -202,3 +212,16 @@ def admin_optional(handler):
     from sglang.srt.utils.auth import AuthLevel, auth_level
 
     return auth_level(AuthLevel.ADMIN_OPTIONAL)(handler)
+
+
+def register_attention_backend(name: str, factory) -> None:
+    """attention backend: `--attention-backend NAME` accepted by SGLang's flags and built by
+    `factory(model_runner)` (idempotent; the registry is per process)."""
+    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+    from sglang.srt.layers.attention.attention_registry import register_attention_backend as register
+
+    if name not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([name])
+    if ATTENTION_BACKENDS.get(name) is not factory:
+        register(name)(factory)

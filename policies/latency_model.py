@@ -4,7 +4,9 @@ With x and y the prefill and decode compute shares (fractions of the device):
     TTFT(x) = a1 / (x - lam) + b1    lam = prefill load (M/M/1: busy share x compute share)
     TPOT(y) = a2 / y + b2
 Fitted by least squares on the (1 / (x - lam), TTFT) and (1 / y, TPOT) points of recent windows.
-With one distinct point, b = 0 (latency inversely proportional to the share).
+With one distinct point, b = 0 (latency inversely proportional to the share). Windows in unified
+mode (an engine's (units, units), each phase the whole device, taking turns) are not points of these curves: their latencies
+include the other phase's stalls, which the curves of a split do not have.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ class LatencyModel:
 
 
 def observe(state: dict, split: tuple[int, int], units: int, busy: float, ttft_p: float, tpot_p: float,
-            history: int) -> LatencyModel:
+            history: int, unified: bool = False) -> LatencyModel:
     """Add this window's points to `state` (kept to the last `history`) and refit."""
     x, y = split[0] / units, split[1] / units
     lam = min(busy, 0.999) * x
-    if not math.isnan(ttft_p):
+    state["last_busy"] = busy
+    curve_point = not (unified and tuple(split) == (units, units))
+    if curve_point and not math.isnan(ttft_p):
         state["ttft_points"] = (state.get("ttft_points", []) + [(1 / max(x - lam, 1e-6), ttft_p)])[-history:]
-    if not math.isnan(tpot_p):
+    if curve_point and not math.isnan(tpot_p):
         state["tpot_points"] = (state.get("tpot_points", []) + [(1 / y, tpot_p)])[-history:]
     a1, b1 = fit_inverse(state.get("ttft_points") or [(1.0, 0.0)])
     a2, b2 = fit_inverse(state.get("tpot_points") or [(1.0, 0.0)])
@@ -73,5 +77,5 @@ def window_fit(obs, params: dict, state: dict):
         return f"only {ttft.total} TTFT samples (< {params['min_samples']})"
     q = params["percentile"] / 100
     ttft_p, tpot_p = quantile(ttft, q), quantile(tpot, q)
-    model = observe(state, obs.split, obs.units, busy, ttft_p, tpot_p, params["history"])
+    model = observe(state, obs.split, obs.units, busy, ttft_p, tpot_p, params["history"], obs.unified_available)
     return ttft_p, tpot_p, model, ttft, tpot, busy * span_s / ttft.total

@@ -75,6 +75,7 @@ class Observation:
     decode_busy: float = 0.0
     waiting: int = 0             # requests queued for prefill at the end of the window
     running: int = 0             # requests decoding at the end of the window
+    unified_available: bool = False  # the engine runs (units, units) as unified mode (SGLang's own loop)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ class Tuner:
             if self.previous is not None and snapshot.time_s <= self.previous.time_s:
                 return self.settings.interval_s  # Prometheus has not scraped the engine since the last tick
             s = self.settings
-            obs = observe(self.previous, snapshot, split, units, s.ttft_slo_s, s.tpot_slo_s)
+            obs = observe(self.previous, snapshot, split, units, s.ttft_slo_s, s.tpot_slo_s,
+                          unified_available=bool(split_state and "unified" in split_state))
             first = self.previous is None
             self.previous = snapshot
             if first:

@@ -88,7 +88,7 @@ def delta(before: Snapshot | None, after: Snapshot, name: str, **labels) -> floa
 
 
 def observe(before: Snapshot | None, after: Snapshot, split: tuple[int, int], units: int,
-            ttft_slo_s: float, tpot_slo_s: float) -> Observation:
+            ttft_slo_s: float, tpot_slo_s: float, unified_available: bool = False) -> Observation:
     """One window of an engine's metrics, as policies see it."""
     span = max(1e-6, after.time_s - before.time_s) if before is not None else 1.0
     ttft = window_histogram(before, after, TTFT)
@@ -98,4 +98,4 @@ def observe(before: Snapshot | None, after: Snapshot, split: tuple[int, int], un
         ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s, ttft=ttft, tpot=window_histogram(before, after, TPOT),
         arrival_rate=ttft.total / span, prefill_busy=busy["prefill"], decode_busy=busy["decode"],
         waiting=int(total(after, QUEUE_LENGTH, worker="prefill")),
-        running=int(total(after, QUEUE_LENGTH, worker="decode")))
+        running=int(total(after, QUEUE_LENGTH, worker="decode")), unified_available=unified_available)

@@ -49,6 +49,8 @@ class Workers:
     replace_worker: Callable[[str, dict[str, str]], None] | None = None
     # green_contexts: run this role's next iterations on this stream.
     use_stream: Callable[[str, object], None] | None = None
+    # cpu: the front end's processes (HTTP + tokenizer, detokenizer), placed with the split.
+    frontend_pids: Callable[[], list[int]] | None = None
 
 
 class PartitionBackend(Protocol):

@@ -17,12 +17,21 @@ class CpuCores:
     cores for that step: the owner knows, at every step boundary, whether the other worker can
     start work before this step ends, so the cores are never oversubscribed (overlapping splits
     on CPU are: OpenMP threads that share a core wait on each other at every barrier).
+
+
+    The front end (SGLang's HTTP + tokenizer process and its detokenizer) is placed with the
+    split: on the prefill worker's cores (`frontend="prefill"`, the default: decode's core is the
+    one every running request waits on), on decode's, or on all; in unified mode on all.
     """
 
     name = "cpu"
     unit = "cores"
+    FRONTEND_CHOICES = ("prefill", "decode", "all")
 
-    def __init__(self, cores: list[int] | None = None):
+    def __init__(self, cores: list[int] | None = None, frontend: str = "prefill"):
+        if frontend not in self.FRONTEND_CHOICES:
+            raise InvalidSplit(f"front-end cores {frontend!r}: valid are {', '.join(self.FRONTEND_CHOICES)}")
+        self.frontend = frontend
         self.cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
         self.sets: dict[str, list[int]] = {}
         self.lent: dict[str, bool] = {}
@@ -42,7 +51,9 @@ class CpuCores:
                 raise InvalidSplit(f"{role} share {value!r} is out of range: {self.valid_range()}")
 
     def core_sets(self, split: Split) -> dict[str, list[int]]:
-        return {"prefill": self.cores[: split.prefill], "decode": self.cores[len(self.cores) - split.decode:]}
+        sets = {"prefill": self.cores[: split.prefill], "decode": self.cores[len(self.cores) - split.decode:]}
+        sets["frontend"] = self.cores if self.frontend == "all" else sets[self.frontend]
+        return sets
 
     def apply(self, split: Split, workers: Workers) -> dict:
         self.check(split)
@@ -51,6 +62,8 @@ class CpuCores:
         for role, pid in workers.pids().items():
             pin_process(pid, self.sets[role])
             workers.set_threads(role, len(self.sets[role]))
+        for pid in workers.frontend_pids() if workers.frontend_pids else ():
+            pin_process(pid, self.sets["frontend"])
         return {"cores": self.sets}
 
     def cores_of(self, role: str) -> list[int]:
@@ -71,7 +84,11 @@ class CpuCores:
 
 def pin_process(pid: int, cores: list[int]) -> None:
     """Set the CPU affinity of every thread of a process."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return  # the process ended: nothing to pin
+    for tid in tids:
         try:
             os.sched_setaffinity(int(tid), cores)
         except ProcessLookupError:

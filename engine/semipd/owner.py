@@ -2,20 +2,27 @@
 prefills on another, both over one set of weights, one KV pool and one radix tree.
 
 This process keeps everything SGLang's scheduler owns (request queues, radix tree, KV allocator,
-request table, sampling, streaming) and so allocation has a single owner. Each loop iteration:
-1. take new requests and admin commands;
-2. if the prefill worker has finished its batch, complete that batch through SGLang's own
-   run_batch/process_batch_result (the worker's logits are injected in place of a local forward),
-   which samples, streams the first token and inserts the prefix into the radix tree;
-3. if the prefill worker is idle, let SGLang's own scheduling merge the finished batch into the
-   decode batch and form the next prefill batch (allocating its KV), and send it to the worker;
-4. run one decode step locally, as SGLang does.
-Decode therefore never waits for a prefill, and prefill waits at most one decode step for its
-next batch.
+request table, sampling, streaming) and so allocation has a single owner. It runs in one of two
+modes, switched live at a batch boundary:
+
+- split (semi-PD): each loop iteration takes new requests and admin commands; completes a
+  prefill the worker has finished through SGLang's own run_batch/process_batch_result (the
+  worker's logits injected in place of a local forward), which samples, streams the first token
+  and inserts the prefix into the radix tree; if the worker is idle, lets SGLang's scheduling
+  merge the finished batch and form the next prefill batch (allocating its KV) and sends it;
+  then runs one decode step locally. Decode never waits for a prefill.
+- unified: the split that gives each phase the whole device (units, units). The owner runs
+  SGLang's own loop (prefill and decode batches in turn, on all cores) and the worker stands by.
+  The tuner can choose it, so it never has to be worse than stock SGLang.
+
+If the prefill worker dies, the batch it held is prefilled again here (its KV slots are the
+owner's), the engine serves in unified mode meanwhile, and a new worker is started; when it is
+ready the split in force before returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -31,11 +38,14 @@ from contract import split_state
 from engine.partition import InvalidSplit, Split, Workers, parse_split
 from engine.partition.cpu import CpuCores
 from engine.semipd.control_channel import ControlServer
+from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
-from engine.semipd.prefill_worker import PrefillLink
-from engine.semipd.settings import ENV_CONTROL, ENV_LEND_IDLE, ENV_SPLIT
+from engine.semipd.prefill_worker import PrefillLink, WorkerDied, mailboxes
+from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_SPLIT
 from engine.semipd.shared_storage import SharedStorage
 from engine.sglang_seams import inject_forward
+
+logger = logging.getLogger(__name__)
 
 STEP_RECORDS = 20_000
 HISTORY_RECORDS = 10_000
@@ -50,22 +60,35 @@ class SemiPDScheduler(Scheduler):
         self._semipd_injected: ModelRunnerOutput | None = None
         inject_forward(model_runner, self._take_injected)
 
-        self.partition = CpuCores()
+        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "prefill"))
         self.lend_idle_cores = os.environ.get(ENV_LEND_IDLE) == "1"
         split = parse_split(os.environ.get(ENV_SPLIT, "1,1"))
         self.partition.check(split)
-        self.prefill_link = PrefillLink(server_args, str(self._semipd_storage.directory),
-                                        threads=split.prefill)
+        self._server_args = server_args
+        self._mailboxes = mailboxes(self._semipd_storage)
+        self.prefill_link = self._start_worker(split.prefill)
         self.prefill_link.wait_ready()
         self.finished_prefill = None  # a completed extend batch, merged at the next formation
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)
         self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
         self.split: Split | None = None
+        self.resume_split: Split | None = None  # the split to return to once a new worker is ready
+        self.timer = LoopTimer()
         self.semipd_metrics = SemiPDMetrics({"model_name": str(get_serving().served_model_name)})
         self._workers = Workers(pids=lambda: {"prefill": self.prefill_link.pid, "decode": os.getpid()},
-                                set_threads=self._set_threads)
+                                set_threads=self._set_threads, frontend_pids=frontend_pids)
         self.apply_split(split, who="launch")
         self.control = ControlServer(os.environ[ENV_CONTROL])
+
+    def _start_worker(self, threads: int) -> PrefillLink:
+        return PrefillLink(self._server_args, self._semipd_storage, threads, self._mailboxes)
+
+    @property
+    def unified(self) -> bool:
+        return self.split is not None and self.is_unified(self.split)
+
+    def is_unified(self, split: Split) -> bool:
+        return split.prefill == split.decode == self.partition.units
 
     # -- storage -----------------------------------------------------------------------------
     def init_memory_pools(self):
@@ -79,50 +102,110 @@ class SemiPDScheduler(Scheduler):
 
     # -- the loop ----------------------------------------------------------------------------
     def event_loop_normal(self):
+        timer = self.timer
         while not self.gracefully_exit:
-            self.ingest_requests()
-            self.control.serve_pending(self.handle_control)
+            timer.start_iteration()
+            with timer.phase("intake"):
+                self.ingest_requests()
+                self.control.serve_pending(self.handle_control)
+                self._watch_restart()
+            if self.unified:
+                self._unified_iteration()
+            else:
+                self._split_iteration()
+            timer.end_iteration()
+
+    def _unified_iteration(self) -> None:
+        """SGLang's own loop body: one prefill or decode batch on all cores."""
+        timer = self.timer
+        with timer.phase("formation"):
+            plan = self.get_next_batch_to_run(self.running_batch, self.last_batch)
+            self.running_batch = plan.running_batch
+            batch = plan.batch_to_run
+        self.cur_batch_for_debug = batch
+        self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
+        if batch is None:
+            self._sched_idled = True
+            self.on_idle()
+            with timer.phase("waiting"):
+                self.prefill_link.poll_wait(1)  # the worker stands by: a 1 ms nap
+        elif batch.forward_mode.is_extend():
+            self._run_local_prefill(batch)
+        else:
+            self._run_decode(batch)
+        self.last_batch = batch
+
+    def _split_iteration(self) -> None:
+        timer = self.timer
+        try:
             finished = self.prefill_link.poll()
-            if finished is not None:
+        except WorkerDied as exc:
+            self._worker_died(exc)
+            return
+        if finished is not None:
+            with timer.phase("prefill completion"):
                 self._complete_prefill(*finished)
-            decode_batch = None
-            if not self.prefill_link.busy:
+        decode_batch = None
+        if not self.prefill_link.busy:
+            with timer.phase("formation"):
                 plan = self.get_next_batch_to_run(self.running_batch, self.finished_prefill)
                 self.finished_prefill = None
                 self.running_batch = plan.running_batch
                 batch = plan.batch_to_run
-                if batch is not None and batch.forward_mode.is_extend():
-                    if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
-                        self.partition.lend("decode", False, self._workers)
-                        self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
+            if batch is not None and batch.forward_mode.is_extend():
+                if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
+                    self.partition.lend("decode", False, self._workers)
+                    self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
+                with timer.phase("prefill hand-off"):
                     self._launch_prefill(batch)
+                with timer.phase("formation"):
                     decode_batch = self._next_decode_batch()
-                else:
-                    decode_batch = batch  # SGLang formed a decode batch: nothing to prefill
             else:
+                decode_batch = batch  # SGLang formed a decode batch: nothing to prefill
+        else:
+            with timer.phase("formation"):
                 decode_batch = self._next_decode_batch()
-            self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
+        self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
 
-            # SGLang's watchdog counts a loop with a current batch and no new step as hung: the
-            # batch must be None whenever this loop runs no step, or an idle server is killed.
-            self.cur_batch_for_debug = decode_batch
-            if decode_batch is not None:
-                if self.lend_idle_cores:  # no prefill can start before this decode step ends
-                    self.partition.lend("decode", not self.prefill_link.busy, self._workers)
-                context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in decode_batch.reqs)
-                started = time.time()
-                result = self.run_batch(decode_batch)
-                self.process_batch_result(decode_batch, result)
-                self._record_step("decode", started, time.time(), decode_batch.batch_size(),
-                                  decode_batch.batch_size(), context, self.partition.cores_of("decode"))
-                self.last_batch = decode_batch
-            elif self.prefill_link.busy:
+        # SGLang's watchdog counts a loop with a current batch and no new step as hung: the
+        # batch must be None whenever this loop runs no step, or an idle server is killed.
+        self.cur_batch_for_debug = decode_batch
+        if decode_batch is not None:
+            if self.lend_idle_cores:  # no prefill can start before this decode step ends
+                self.partition.lend("decode", not self.prefill_link.busy, self._workers)
+            self._run_decode(decode_batch)
+            self.last_batch = decode_batch
+        elif self.prefill_link.busy:
+            with timer.phase("waiting"):
                 self.prefill_link.poll_wait(1)  # until the prefill finishes or 1 ms passes
-            else:
-                self.last_batch = None
-                self._sched_idled = True
-                self.on_idle()
+        else:
+            self.last_batch = None
+            self._sched_idled = True
+            self.on_idle()
+            with timer.phase("waiting"):
                 self.prefill_link.poll_wait(1)
+
+    def _run_decode(self, batch) -> None:
+        context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs)
+        started = time.time()
+        with self.timer.phase("decode forward"):
+            result = self.run_batch(batch)
+        finished = time.time()
+        with self.timer.phase("decode completion"):
+            self.process_batch_result(batch, result)
+        self._record_step("decode", started, finished, batch.batch_size(), batch.batch_size(), context,
+                          self.partition.cores_of("decode"))
+
+    def _run_local_prefill(self, batch) -> None:
+        """A prefill batch run here, on the owner's cores (unified mode, or a worker that died)."""
+        started = time.time()
+        with self.timer.phase("prefill forward (local)"):
+            result = self.run_batch(batch)
+        finished = time.time()
+        with self.timer.phase("prefill completion"):
+            self.process_batch_result(batch, result)
+        self._record_step("prefill", started, finished, batch.batch_size(), int(batch.extend_num_tokens or 0),
+                          sum(batch.prefix_lens or ()), self.partition.cores_of("decode"))
 
     def _next_decode_batch(self):
         running = self.running_batch
@@ -146,27 +229,72 @@ class SemiPDScheduler(Scheduler):
         self._record_step("prefill", result.started, result.finished, batch.batch_size(),
                           int(batch.extend_num_tokens or 0), sum(batch.prefix_lens or ()), self._prefill_cores)
 
-    def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
-                     context: int, cores: list[int]):
-        # context: tokens already in the KV cache that this step attends to (decode: every
-        # sequence's length; prefill: the cached prefixes), for fitting step-time models.
-        self.steps.append({"worker": worker, "start": started, "end": finished, "batch_size": batch_size,
-                           "tokens": tokens, "context": context, "cores": cores})
-        self.semipd_metrics.record_step(worker, finished - started, batch_size)
+    def _finish_inflight_prefill(self, timeout_s: float = 600.0) -> None:
+        """Wait for the worker's batch (a batch boundary), complete it, and hand it to SGLang's
+        next formation as the last batch."""
+        deadline = time.monotonic() + timeout_s
+        while self.prefill_link.busy and time.monotonic() < deadline:
+            try:
+                finished = self.prefill_link.poll(timeout_ms=50)
+            except WorkerDied as exc:
+                self._rerun_locally(exc)
+                break
+            if finished is not None:
+                self._complete_prefill(*finished)
+
+    # -- a prefill worker that dies ------------------------------------------------------------
+    def _rerun_locally(self, exc: WorkerDied) -> None:
+        """Prefill the batch the dead worker held here: its KV slots are ours, so the requests
+        finish exactly as they would have (what the worker half-wrote is overwritten)."""
+        _, batch, _ = exc.inflight
+        self.prefill_link.inflight = None
+        logger.error("%s; its batch of %d requests is prefilled by the owner", exc, batch.batch_size())
+        self._run_local_prefill(batch)
+        self.finished_prefill = batch
+
+    def _worker_died(self, exc: WorkerDied) -> None:
+        self._rerun_locally(exc)
+        in_force, units = self.split, self.partition.units
+        self.prefill_link.stop()
+        self.prefill_link = self._start_worker(units)
+        self.apply_split(Split(units, units), who=f"prefill worker died ({exc}); unified until a new one is ready")
+        self.resume_split = in_force
+
+    def _watch_restart(self) -> None:
+        if self.resume_split is None:
+            return
+        try:
+            ready = self.prefill_link.poll_ready()
+        except RuntimeError as exc:
+            logger.error("a new prefill worker failed to start: %s; trying again", exc)
+            self.prefill_link.stop()
+            self.prefill_link = self._start_worker(self.partition.units)
+            return
+        if ready:
+            split, self.resume_split = self.resume_split, None
+            if not self.is_unified(split):
+                self.apply_split(split, who="a new prefill worker is ready")
 
     # -- the split -----------------------------------------------------------------------------
     def _set_threads(self, role: str, threads: int) -> None:
         if role == "decode":
             torch.set_num_threads(threads)
-        else:
+        elif self.prefill_link.ready:
             self.prefill_link.set_threads(threads)
 
     def apply_split(self, split: Split, who: str) -> dict:
         started = time.perf_counter()
+        was_unified = self.unified
+        if self.is_unified(split) and not was_unified:
+            self._finish_inflight_prefill()  # SGLang's loop takes over at this batch boundary
+            self.last_batch, self.finished_prefill = self.finished_prefill, None
+        elif was_unified and not self.is_unified(split):
+            last = self.last_batch  # a prefill SGLang's loop ran last is merged by the next formation
+            self.finished_prefill = last if last is not None and last.forward_mode.is_extend() else None
         in_force = self.partition.apply(split, self._workers)
         switch_s = time.perf_counter() - started
         record = {"time": time.time(), "old": str(self.split) if self.split else None, "new": str(split),
-                  "who": who, "switch_ms": switch_s * 1e3, **in_force}
+                  "who": who, "switch_ms": switch_s * 1e3, "unified": self.is_unified(split), **in_force}
         self.split = split
         self.split_history.append(record)
         self.semipd_metrics.record_split(split.prefill, split.decode)
@@ -184,14 +312,18 @@ class SemiPDScheduler(Scheduler):
                 self.partition.check(split)
             except InvalidSplit as exc:
                 return {"ok": False, "status": 400, "error": str(exc)}
+            if self.resume_split is not None:
+                self.resume_split = split  # applied once the new prefill worker is ready
+                return {"ok": True, "applied": None, "pending": str(split), **self.split_state()}
             record = self.apply_split(split, who=str(request.get("who") or "admin"))
             return {"ok": True, "applied": record, **self.split_state()}
         if op == "steps":
             since = float(request.get("since") or 0)
-            return {"ok": True, "steps": [s for s in self.steps if s["end"] >= since]}
+            return {"ok": True, "steps": [s for s in self.steps if s["end"] >= since],
+                    "loop": self.timer.breakdown(since)}
         if op == "workers":
-            return {"ok": True, "pids": self._workers.pids(),
-                    "storage": str(self._semipd_storage.directory)}
+            return {"ok": True, "pids": self._workers.pids(), "storage": str(self._semipd_storage.directory),
+                    "link": dict(self.prefill_link.stats), "restarting": self.resume_split is not None}
         return {"ok": False, "status": 400, "error": f"unknown op {op!r}"}
 
     def split_state(self) -> dict:
@@ -200,3 +332,20 @@ class SemiPDScheduler(Scheduler):
                            valid=self.partition.valid_range(), history=list(self.split_history),
                            lend_idle_cores=self.lend_idle_cores)
 
+    def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
+                     context: int, cores: list[int]):
+        # context: tokens already in the KV cache that this step attends to (decode: every
+        # sequence's length; prefill: the cached prefixes), for fitting step-time models.
+        self.steps.append({"worker": worker, "start": started, "end": finished, "batch_size": batch_size,
+                           "tokens": tokens, "context": context, "cores": cores})
+        self.semipd_metrics.record_step(worker, finished - started, batch_size)
+
+
+def frontend_pids() -> list[int]:
+    """SGLang's HTTP + tokenizer process (the launcher, this process's parent) and its
+    detokenizer (a sibling)."""
+    import psutil
+
+    launcher = psutil.Process(os.getppid())
+    detokenizers = [p.pid for p in launcher.children() if "detokenizer" in " ".join(p.cmdline() or [p.name()])]
+    return [launcher.pid, *detokenizers]

@@ -4,7 +4,9 @@ The decode worker (SGLang's scheduler process, the single owner of the radix tre
 allocator and the request table) forms each prefill batch, allocates its KV slots, and sends the
 batch's `ForwardBatch` here. This process runs the model on it, writing K and V straight into the
 shared pool, and returns only the logits; the owner samples, streams and merges the requests into
-its decode batch. Nothing is copied at the hand-off, and allocation has one owner.
+its decode batch. Nothing is copied at the hand-off, and allocation has one owner. Per step only
+metadata crosses the socket: the batch's tensors and the logits go through two mailboxes in the
+unified storage (engine/semipd/mailbox.py).
 
 This process is a stock SGLang `Scheduler` (so the model, pools and attention backend are built
 by SGLang's own code) whose pools and weights are mapped onto the owner's shared files, and whose
@@ -23,7 +25,22 @@ from dataclasses import dataclass
 
 import zmq
 
+from engine.semipd.mailbox import Mailbox
+
 logger = logging.getLogger(__name__)
+
+# Mailbox sizes: sparse shared files, so only the pages a step touches take memory. A batch's
+# tensors are a few int64 per token; logits are (requests in the batch) x vocabulary x 4 bytes.
+BATCH_MAILBOX_BYTES = 64 << 20
+LOGITS_MAILBOX_BYTES = 256 << 20
+
+
+class WorkerDied(RuntimeError):
+    """The prefill worker exited or stopped answering; `inflight` is what it held."""
+
+    def __init__(self, message: str, inflight):
+        super().__init__(message)
+        self.inflight = inflight
 
 
 @dataclass
@@ -46,12 +63,23 @@ class SetThreads:
     threads: int
 
 
-def send(sock: zmq.Socket, message) -> None:
-    sock.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+def send(sock: zmq.Socket, message) -> int:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.send(data)
+    return len(data)
 
 
 def recv(sock: zmq.Socket):
-    return pickle.loads(sock.recv())
+    data = sock.recv()
+    return pickle.loads(data), len(data)
+
+
+def mailboxes(storage) -> tuple[Mailbox, Mailbox]:
+    """(batches to the worker, logits from it): the same files in both processes."""
+    import torch
+
+    return (Mailbox(storage.tensor("mailbox.batch", (BATCH_MAILBOX_BYTES,), torch.uint8), "batch mailbox"),
+            Mailbox(storage.tensor("mailbox.logits", (LOGITS_MAILBOX_BYTES,), torch.uint8), "logits mailbox"))
 
 
 def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int) -> None:
@@ -77,11 +105,12 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     try:
         scheduler = build_attached_scheduler(scheduler_module.Scheduler, server_args,
                                              PortArgs.init_new(server_args), storage)
+        boxes = mailboxes(storage)
     except Exception:
         send(sock, ForwardResult(-1, None, 0.0, 0.0, error=traceback.format_exc()))
         raise
     send(sock, ForwardResult(-1, None, 0.0, 0.0))  # ready
-    serve_forwards(scheduler.tp_worker.model_runner, sock)
+    serve_forwards(scheduler.tp_worker.model_runner, sock, *boxes)
 
 
 def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
@@ -97,39 +126,31 @@ def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
     return scheduler
 
 
-def serve_forwards(model_runner, sock: zmq.Socket) -> None:
+def serve_forwards(model_runner, sock: zmq.Socket, batch_box: Mailbox, logits_box: Mailbox) -> None:
     import torch
 
     while True:
-        message = recv(sock)
+        message, _ = recv(sock)
         if isinstance(message, SetThreads):
             torch.set_num_threads(message.threads)
             continue
         started = time.time()
         try:
-            attach_to_runner(message.forward_batch, model_runner)
+            forward_batch = batch_box.unpack(message.forward_batch)
+            attach_to_runner(forward_batch, model_runner)
             with torch.no_grad():
-                out = model_runner.forward(message.forward_batch)
-            send(sock, ForwardResult(message.seq, out.logits_output, started, time.time()))
+                out = model_runner.forward(forward_batch)
+            send(sock, ForwardResult(message.seq, logits_box.pack(out.logits_output), started, time.time()))
         except Exception:
             logger.exception("prefill forward failed")
             send(sock, ForwardResult(message.seq, None, started, time.time(), error=traceback.format_exc()))
 
 
-def forward_payload(forward_batch):
-    """What the prefill worker needs of a ForwardBatch, small enough to send per step.
-
-    Tensors are copied out of the owner's large buffers (a view would pickle the whole buffer);
-    the sampling state stays with the owner, and the KV write plan, which refers to the owner's
-    pools, is rebuilt against the worker's (the same shared memory) by attach_to_runner."""
-    import copy
-
-    import torch
-
-    payload = copy.copy(forward_batch)
-    for name, value in vars(payload).items():
-        if isinstance(value, torch.Tensor):
-            setattr(payload, name, value.clone())
+def forward_payload(forward_batch, batch_box: Mailbox):
+    """What the prefill worker needs of a ForwardBatch: its tensors in the mailbox, the rest as
+    metadata. The sampling state stays with the owner, and the KV write plan, which refers to the
+    owner's pools, is rebuilt against the worker's (the same shared memory) by attach_to_runner."""
+    payload = batch_box.pack(forward_batch)
     payload.sampling_info = None
     payload.kv_loc_plan = None
     payload.kv_loc_cols = None
@@ -142,31 +163,47 @@ def attach_to_runner(forward_batch, model_runner) -> None:
 
 
 class PrefillLink:
-    """The owner's side: starts the prefill worker, sends it batches, collects results."""
+    """The owner's side: starts the prefill worker, sends it batches, collects results.
 
-    def __init__(self, server_args, storage_dir: str, threads: int):
+    Counts what crosses the socket (`stats`), so a test can bound the bytes per step."""
+
+    def __init__(self, server_args, storage, threads: int, boxes: tuple[Mailbox, Mailbox]):
         import multiprocessing
 
-        self.endpoint = f"ipc://{storage_dir}/prefill.sock"
+        self.batch_box, self.logits_box = boxes
+        self.endpoint = f"ipc://{storage.directory}/prefill-{time.monotonic_ns()}.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.bind(self.endpoint)
         self.process = multiprocessing.get_context("spawn").Process(
-            target=run_prefill_worker, args=(server_args, storage_dir, self.endpoint, threads),
+            target=run_prefill_worker, args=(server_args, str(storage.directory), self.endpoint, threads),
             name="semipd-prefill", daemon=True)
         self.process.start()
         self.seq = 0
+        self.ready = False
         self.inflight = None  # (seq, batch, forward_batch) of the batch being prefilled
+        self.stats = {"batches": 0, "bytes_sent": 0, "bytes_received": 0, "inline_tensors": 0}
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
-        if not self.sock.poll(int(timeout_s * 1000)):
+        if not self.poll_ready(timeout_s):
             raise RuntimeError(f"the prefill worker did not start within {timeout_s:.0f} s")
-        ready = recv(self.sock)
+
+    def poll_ready(self, timeout_s: float = 0.0) -> bool:
+        """True once the worker has loaded; RuntimeError if it failed to start."""
+        if self.ready:
+            return True
+        if not self.sock.poll(int(timeout_s * 1000)):
+            if not self.process.is_alive():
+                raise RuntimeError(f"the prefill worker exited (code {self.process.exitcode}) while starting")
+            return False
+        ready, _ = recv(self.sock)
         if ready.error:
             raise RuntimeError(f"the prefill worker failed to start:\n{ready.error}")
+        self.ready = True
+        return True
 
     @property
     def busy(self) -> bool:
@@ -174,24 +211,32 @@ class PrefillLink:
 
     def launch(self, batch, forward_batch) -> None:
         self.seq += 1
-        send(self.sock, ForwardRequest(self.seq, forward_payload(forward_batch)))
+        payload = forward_payload(forward_batch, self.batch_box)
+        self.stats["inline_tensors"] += inline_tensors(payload)
+        self.stats["bytes_sent"] += send(self.sock, ForwardRequest(self.seq, payload))
+        self.stats["batches"] += 1
         self.inflight = (self.seq, batch, forward_batch)
 
     def poll(self, timeout_ms: int = 0):
-        """The finished (batch, forward_batch, result), or None while the worker is busy."""
+        """The finished (batch, forward_batch, result), or None while the worker is busy.
+        WorkerDied when the worker is gone (with the batch it held)."""
         if self.inflight is None:
             return None
         if not self.sock.poll(timeout_ms):
-            if not self.process.is_alive():  # fail loudly rather than leave requests waiting
-                raise RuntimeError(f"the prefill worker exited (code {self.process.exitcode}) "
-                                   f"during batch {self.inflight[0]}")
+            if not self.process.is_alive():
+                raise WorkerDied(f"the prefill worker exited (code {self.process.exitcode}) during batch "
+                                 f"{self.inflight[0]}", self.inflight)
             return None
-        result = recv(self.sock)
+        result, size = recv(self.sock)
+        self.stats["bytes_received"] += size
         seq, batch, forward_batch = self.inflight
         if result.seq != seq:
             raise RuntimeError(f"prefill worker answered batch {result.seq}, expected {seq}")
         if result.error:
             raise RuntimeError(f"prefill worker failed on batch {seq}:\n{result.error}")
+        self.stats["inline_tensors"] += inline_tensors(result.logits_output)
+        # copied out: the worker may write the next batch's logits before these are used
+        self.logits_box.unpack(result.logits_output, copy_out=True)
         self.inflight = None
         return batch, forward_batch, result
 
@@ -201,3 +246,23 @@ class PrefillLink:
 
     def set_threads(self, threads: int) -> None:
         send(self.sock, SetThreads(threads))
+
+    def stop(self) -> None:
+        """End the worker (if it still runs) and close the socket."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.sock.close(linger=0)
+
+
+def inline_tensors(message) -> int:
+    """Tensors left in a message after packing (sent pickled): zero when everything fit."""
+    import torch
+
+    count = 0
+    for value in vars(message).values():
+        if isinstance(value, torch.Tensor):
+            count += 1
+        elif isinstance(value, (list, tuple)):
+            count += sum(isinstance(v, torch.Tensor) for v in value)
+    return count

@@ -13,20 +13,22 @@ import os
 ENV_SPLIT = "SEMIPD_SPLIT"
 ENV_CONTROL = "SEMIPD_CONTROL_ENDPOINT"
 ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
+ENV_FRONTEND = "SEMIPD_FRONTEND_CORES"
 
 
-def configure(split_text: str, port: int, lend_idle_cores: bool = False) -> str:
+def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "prefill") -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range."""
     from engine.partition import parse_split
     from engine.partition.cpu import CpuCores
 
-    CpuCores().check(parse_split(split_text))
+    CpuCores(frontend=frontend_cores).check(parse_split(split_text))
     endpoint = f"ipc:///tmp/semipd-control-{port}-{os.getpid()}.sock"
     os.environ[ENV_SPLIT] = split_text
     os.environ[ENV_CONTROL] = endpoint
     os.environ[ENV_LEND_IDLE] = "1" if lend_idle_cores else "0"
+    os.environ[ENV_FRONTEND] = frontend_cores
     return endpoint
 
 

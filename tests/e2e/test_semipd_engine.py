@@ -257,3 +257,82 @@ def test_an_idle_server_outlives_the_scheduler_watchdog(small_kv_server, tiny_mo
     assert small_kv_server.process.poll() is None, small_kv_server.log_tail()
     assert httpx.get(small_kv_server.url + "/health", timeout=10).status_code == 200
     assert generate_ids(small_kv_server.url, ids, 16) == greedy_tokens(tiny_model, ids, 16)
+
+
+def test_unified_mode_is_sglangs_own_loop_with_the_same_output(semipd_server, tiny_model, restore_split):
+    n = len(CORES)
+    assert set_split(semipd_server, n, n).status_code == 200
+    state = get_split(semipd_server)
+    assert state["unified"] and state["history"][-1]["unified"]
+    since, sent = time.time(), workers(semipd_server)["link"]["batches"]
+    check_equal_to_transformers(semipd_server.url, tiny_model, concurrent=True)
+    steps = httpx.get(semipd_server.url + "/semipd/steps", params={"since": since}, timeout=30).json()
+    prefills = [s for s in steps["steps"] if s["worker"] == "prefill"]
+    assert prefills and all(sorted(s["cores"]) == CORES for s in prefills)  # run by the owner, on all cores
+    assert workers(semipd_server)["link"]["batches"] == sent  # the worker stood by
+    phases = steps["loop"]["phases"]
+    assert "prefill forward (local)" in phases and "decode forward" in phases and "prefill hand-off" not in phases
+
+
+def test_a_step_sends_metadata_only_through_the_socket(semipd_server, restore_split):
+    before = workers(semipd_server)["link"]
+    # long prompts: pickled tensors would grow with the tokens (input ids, positions, KV slots)
+    for length in (100, 1500):
+        generate_ids(semipd_server.url, prompt_ids(length, seed=4000 + length), 2)
+    after = workers(semipd_server)["link"]
+    batches = after["batches"] - before["batches"]
+    assert batches >= 2
+    assert after["inline_tensors"] == before["inline_tensors"], "a tensor crossed the socket pickled"
+    per_batch = (after["bytes_sent"] - before["bytes_sent"] + after["bytes_received"] - before["bytes_received"]) / batches
+    assert per_batch < 16_384, f"{per_batch:.0f} bytes per prefill batch on the socket"
+
+
+def test_the_loop_breakdown_names_where_the_owner_spends_its_time(semipd_server):
+    since = time.time()
+    asyncio.run(run_concurrently(semipd_server.url, [prompt_ids(200, seed=s) for s in range(4)], 16))
+    loop = httpx.get(semipd_server.url + "/semipd/steps", params={"since": since}, timeout=30).json()["loop"]
+    phases = loop["phases"]
+    assert loop["iterations"] > 0 and {"decode forward", "prefill hand-off", "prefill completion",
+                                       "formation", "intake"} <= set(phases)
+    assert sum(p["share"] for p in phases.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.fixture
+def own_server(tiny_model, tmp_path):
+    server = start_semipd_server(tiny_model, tmp_path, "--mode", "semi-pd", "--split", "1,1", *EXACT)
+    yield server
+    server.stop()
+
+
+def test_a_killed_prefill_worker_loses_no_request_and_is_replaced(own_server, tiny_model):
+    import os
+    import signal
+
+    old = workers(own_server)["pids"]["prefill"]
+    prompts = [prompt_ids(n, seed=5000 + n) for n in (40, 300, 600, 900, 1200, 1500)]
+    new_tokens = 24
+
+    def kill_during_a_prefill():
+        deadline = time.time() + 60
+        while time.time() < deadline:  # until the worker holds a batch
+            if workers(own_server)["link"]["batches"] > 1:
+                os.kill(old, signal.SIGKILL)
+                return True
+            time.sleep(0.005)
+        return False
+
+    with ThreadPoolExecutor(len(prompts) + 1) as pool:
+        killed = pool.submit(kill_during_a_prefill)
+        outputs = list(pool.map(lambda p: generate_ids(own_server.url, p, new_tokens), prompts))
+    assert killed.result()
+    for prompt, got in zip(prompts, outputs):
+        assert got == greedy_tokens(tiny_model, prompt, new_tokens), f"prompt of {len(prompt)}"
+    history = get_split(own_server)["history"]
+    assert any("prefill worker died" in h["who"] for h in history), history[-3:]
+    deadline = time.time() + 240
+    while time.time() < deadline and workers(own_server)["restarting"]:
+        time.sleep(1)
+    state, pids = get_split(own_server), workers(own_server)["pids"]
+    assert pids["prefill"] != old and not state["unified"] and state["split"] == {"prefill": 1, "decode": 1}
+    ids = prompt_ids(500, seed=5999)
+    assert generate_ids(own_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)

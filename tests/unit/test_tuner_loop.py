@@ -52,7 +52,7 @@ class ScriptedEngine:
         if self.unified:
             return None
         return split_state(*self.split_in_force, backend="cpu", unit="cores", units=self.units,
-                           valid={"min": 1, "max": self.units}, history=[])
+                           valid=f"1 to {self.units}", history=[])
 
     def set_split(self, split, who):
         if self.reject:

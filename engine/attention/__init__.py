@@ -1,0 +1,2 @@
+"""semipd's CPU attention backend: SGLang's torch_native prefill, with decode attention batched
+over the paged KV pool (`semipd_cpu`, the default of `semipd serve` on CPU, in every mode)."""
