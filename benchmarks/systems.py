@@ -15,10 +15,10 @@ def command(system: str, model: Path, port: int, *extra: str) -> tuple[list[str]
     """system: 'stock' (SGLang's own launcher, same flags and environment as semipd's defaults),
     'unified', 'semi-pd:P,D', or 'semi-pd:P,D+lend' (with --lend-idle-cores)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if system == "stock":
+    if system == "stock":  # SGLang's own attention on CPU (torch_native); our other defaults alike
         prepare_cpu_process_env(env)
         return [sys.executable, "-m", "sglang.launch_server",
-                *sglang_argv(str(model), "127.0.0.1", port, "cpu", list(extra))], env
+                *sglang_argv(str(model), "127.0.0.1", port, "cpu", ["--attention-backend", "torch_native", *extra])], env
     mode, _, split = system.partition(":")
     split, lend, _ = split.partition("+lend")
     cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--port", str(port), "--mode", mode]

@@ -8,11 +8,13 @@ process. `semipd serve` (cli/serve.py) parses the flags and calls `start`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
 
 from contract import LATENCY_BUCKETS_S
+from engine.attention import BACKEND_NAME
 from engine.device_env import prepare_cpu_process_env
 from engine.tensor_overlap.cpu_tp import prepare_cpu_tp_env
 
@@ -61,6 +63,9 @@ def sglang_argv(model: str, host: str, port: int, device: str, passthrough: list
         # SGLang's "auto" serves a float32 checkpoint in float16, which on CPUs without AMX-FP16 is
         # ~20x slower than bfloat16 (measured: a 512x512x1536 matmul, 24 ms vs 1.1 ms).
         defaults.append(("--dtype", ["bfloat16"]))
+        # torch_native's prefill with a batched decode attention (engine/attention/); SGLang's own
+        # CPU default, torch_native, loops over the sequences of every decode step in Python.
+        defaults.append(("--attention-backend", [BACKEND_NAME]))
     for flag, value in defaults:
         if not _has_flag(passthrough, flag):
             argv += [flag, *value]
@@ -87,30 +92,48 @@ def curl_example(host: str, port: int) -> str:
 
 
 
+def run_scheduler_process(*args, semipd: bool = False, tp_overlap: bool = False, **kwargs):
+    """SGLang's scheduler-process entry (in the spawned process): our attention backend
+    registered, the tensor-overlap hooks installed when asked, and in semi-pd mode our scheduler."""
+    from engine.attention import backend
+    from engine.sglang_seams import run_scheduler_process_as
+
+    backend.register()
+    if tp_overlap:
+        from engine.tensor_overlap import sglang_patch
+
+        sglang_patch.install()
+    if semipd:
+        from engine.semipd.settings import semipd_scheduler_class
+
+        return run_scheduler_process_as(semipd_scheduler_class(), *args, **kwargs)
+    from sglang.srt.managers.scheduler import run_scheduler_process as stock
+
+    return stock(*args, **kwargs)
+
+
 def start(model: str, argv: list[str], announce, control_endpoint: str | None, tp_overlap: bool) -> None:
-    """Run SGLang's server until it stops: our routes on its app, our scheduler entry in semi-pd
-    mode (or with --tp-overlap), `announce` once it serves."""
+    """Run SGLang's server until it stops: our routes on its app, our scheduler-process entry,
+    `announce` once it serves."""
     from sglang.srt.plugins import load_plugins
     from sglang.srt.server_args import prepare_server_args
     from sglang.srt.utils import kill_process_tree
 
     from engine import http_routes
+    from engine.attention import backend
     from engine.semipd import settings
     from engine.sglang_seams import http_app, run_server_with
-    from engine.tensor_overlap import sglang_patch
 
     load_plugins()
+    backend.register()  # before the flags are parsed: --attention-backend semipd_cpu is valid
     server_args = prepare_server_args(argv)
     app = http_app()
     http_routes.install(app, {server_args.served_model_name or model, model})
-    scheduler_func = None
     if control_endpoint:
         http_routes.install_semipd_routes(app, control_endpoint)
-        scheduler_func = settings.run_semipd_scheduler_process
-    if tp_overlap:
-        scheduler_func = sglang_patch.with_overlap(scheduler_func)
+    entry = functools.partial(run_scheduler_process, semipd=bool(control_endpoint), tp_overlap=tp_overlap)
     try:
-        run_server_with(server_args, announce, scheduler_func)
+        run_server_with(server_args, announce, entry)
     finally:
         kill_process_tree(os.getpid(), include_parent=False)
         if control_endpoint:

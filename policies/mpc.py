@@ -115,6 +115,9 @@ def decide(obs: Observation, params: dict, state: dict) -> Decision:
     if missing and state["missed"][1] >= params["probe_after"]:
         grow = 0 if ttft_miss else 1
         toward = [s for s in options if s[grow] > (x, y)[grow] and s[1 - grow] <= (x, y)[1 - grow]]
+        disjoint = [s for s in options if s[0] + s[1] <= units]
+        if obs.unified_available and (x, y) == (units, units) and tpot_miss and disjoint:
+            toward = [max(disjoint, key=lambda s: s[1])]  # decode stalls behind prefill: isolate it
         if toward:
             probe = min(toward, key=lambda s: (abs(s[0] - x) + abs(s[1] - y), -s[grow]))
             state["cooldown"] = params["cooldown"]

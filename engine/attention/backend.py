@@ -22,13 +22,13 @@ import os
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
+from engine.attention import BACKEND_NAME
 from engine.attention.batched_decode import (FORMULATIONS, DecodeMeta, Workspace, batched_decode_attention,
                                              build_decode_metadata, fused_available)
 from engine.sglang_seams import register_attention_backend
 
 logger = logging.getLogger(__name__)
 
-BACKEND_NAME = "semipd_cpu"
 FORMULATION_ENV = "SEMIPD_DECODE_ATTENTION"
 
 

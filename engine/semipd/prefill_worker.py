@@ -94,8 +94,10 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     from sglang.srt.runtime_context import SpawnRanks, publish
     from sglang.srt.server_args import PortArgs
 
+    from engine.attention import backend
     from engine.semipd.shared_storage import SharedStorage
 
+    backend.register()  # this process builds its own model runner
     torch.set_num_threads(threads)
     publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     scheduler_module.configure_scheduler_process(server_args, 0)

@@ -38,9 +38,8 @@ def remove_endpoint(endpoint: str) -> None:
         os.unlink(path)
 
 
-def run_semipd_scheduler_process(*args, **kwargs):
-    """SGLang's scheduler process entry, with the semi-PD scheduler in place of the stock one."""
+def semipd_scheduler_class():
+    """The scheduler class of semi-pd mode (imported in the scheduler process only: heavy)."""
     from engine.semipd.owner import SemiPDScheduler
-    from engine.sglang_seams import run_scheduler_process_as
 
-    return run_scheduler_process_as(SemiPDScheduler, *args, **kwargs)
+    return SemiPDScheduler

@@ -14,7 +14,6 @@ sglang at the top: `semipd serve --help` stays light.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import threading
@@ -62,19 +61,6 @@ def configure(text: str, environ=os.environ) -> str:
     parse_mode(text)
     environ[ENV] = str(text).strip().lower()
     return environ[ENV]
-
-
-def with_overlap(inner=None):
-    """The scheduler-process entry to give SGLang: installs the hook, then runs `inner` (or
-    SGLang's own entry). A partial of module-level functions, so `spawn` can pickle it."""
-    return functools.partial(run_scheduler_process, inner=inner)
-
-
-def run_scheduler_process(*args, inner=None, **kwargs):
-    install()
-    if inner is None:
-        from sglang.srt.managers.scheduler import run_scheduler_process as inner
-    return inner(*args, **kwargs)
 
 
 def model_from_env(environ=os.environ):
