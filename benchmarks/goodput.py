@@ -177,6 +177,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--row", type=int, default=6000, help="first row of the trace to replay")
     parser.add_argument("--model", default="bench", help="a preset of `semipd make-model`")
+    parser.add_argument("--engine-flags", default="", metavar="FLAGS",
+                        help="extra `semipd serve` flags for semipd's engine, e.g. '--attention-backend torch_native' "
+                             "(the loop breakdown with SGLang's attention)")
+    parser.add_argument("--slo", metavar="TTFT,TPOT", help="SLOs in seconds (default: tight, calibrated on "
+                        "the first system, stock when it runs); to extend an earlier run to other rates")
     parser.add_argument("--port", type=int, default=31300)
     parser.add_argument("--out", default="out/goodput")
     args = parser.parse_args()
@@ -193,13 +198,16 @@ def main() -> int:
     units = len(__import__("os").sched_getaffinity(0))
 
     slo, runs = None, []
+    if args.slo:
+        ttft, tpot = (float(x) for x in args.slo.split(","))
+        slo = {"ttft_slo_s": ttft, "tpot_slo_s": tpot}
     groups = [["stock"]] if "stock" in chosen else []
     ours = [s for s in chosen if s != "stock"]
     if ours:
         groups.append(ours)
     for group in groups:
-        kind = "stock" if group == ["stock"] else "semi-pd:1,1"
-        with systems.server(kind, model, args.port, work) as server:
+        kind, extra = ("stock", []) if group == ["stock"] else ("semi-pd:1,1", args.engine_flags.split())
+        with systems.server(kind, model, args.port, work, *extra) as server:
             if slo is None:
                 slo = calibrate(server.url, requests[:10], VOCAB)["tight"]
             for index, rate in enumerate(rates):
