@@ -187,25 +187,23 @@ class SemiPDScheduler(Scheduler):
 
     def _run_decode(self, batch) -> None:
         context = sum(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs)
-        started = time.time()
-        with self.timer.phase("decode forward"):
-            result = self.run_batch(batch)
-        finished = time.time()
-        with self.timer.phase("decode completion"):
-            self.process_batch_result(batch, result)
-        self._record_step("decode", started, finished, batch.batch_size(), batch.batch_size(), context,
-                          self.partition.cores_of("decode"))
+        self._run_here(batch, "decode", "decode forward", batch.batch_size(), context)
 
     def _run_local_prefill(self, batch) -> None:
         """A prefill batch run here, on the owner's cores (unified mode, or a worker that died)."""
+        self._run_here(batch, "prefill", "prefill forward (local)", int(batch.extend_num_tokens or 0),
+                       sum(batch.prefix_lens or ()))
+
+    def _run_here(self, batch, worker: str, forward_phase: str, tokens: int, context: int) -> None:
+        """SGLang's run_batch and process_batch_result on the owner's cores, timed and recorded."""
         started = time.time()
-        with self.timer.phase("prefill forward (local)"):
+        with self.timer.phase(forward_phase):
             result = self.run_batch(batch)
         finished = time.time()
-        with self.timer.phase("prefill completion"):
+        with self.timer.phase(f"{worker} completion"):
             self.process_batch_result(batch, result)
-        self._record_step("prefill", started, finished, batch.batch_size(), int(batch.extend_num_tokens or 0),
-                          sum(batch.prefix_lens or ()), self.partition.cores_of("decode"))
+        self._record_step(worker, started, finished, batch.batch_size(), tokens, context,
+                          self.partition.cores_of("decode"))
 
     def _next_decode_batch(self):
         running = self.running_batch
