@@ -1,7 +1,7 @@
 """Launch commands for a plan: one line per instance (per node for an instance spanning nodes).
 
 Hosts are named node0, node1, ... (an 8-device node each by default); GPUs are handed out in
-order, a unit that fits in a node never straddles two (as tuner/placement.replicas counts them).
+order, a unit that fits in a node never straddles two (as planner/candidates.replicas counts them).
 Flags are SGLang 0.5.23's (sglang/srt/arg_groups/fields: --tp-size, --pp-size, --base-gpu-id,
 --mem-fraction-static, --chunked-prefill-size, --enable-mixed-chunk, --disaggregation-mode,
 --disaggregation-transfer-backend, --disaggregation-bootstrap-port, --nnodes, --node-rank,
