@@ -90,8 +90,6 @@ def curl_example(host: str, port: int) -> str:
     return f"curl -s http://{host}:{port}/generate -H 'Content-Type: application/json' -d '{body}'"
 
 
-
-
 def run_scheduler_process(*args, semipd: bool = False, tp_overlap: bool = False, **kwargs):
     """SGLang's scheduler-process entry (in the spawned process): our attention backend
     registered, the tensor-overlap hooks installed when asked, and in semi-pd mode our scheduler."""
