@@ -62,8 +62,10 @@ def test_every_semipd_command_parses_with_our_cli(compose):
 def test_ports_and_addresses_name_services_that_listen_there(compose):
     services, ports = compose["services"], listening(compose)
     for name, service in services.items():
-        published = [p.split(":") for p in service.get("ports", [])]
-        assert [host for host, inside in published if int(inside) == ports[name]], f"{name} does not publish its port"
+        published = [p.rsplit(":", 2) for p in service.get("ports", [])]
+        assert [p for p in published if int(p[-1]) == ports[name]], f"{name} does not publish its port"
+        # nothing reachable beyond this host unless the operator opts in
+        assert all(len(p) == 3 and p[0] == "127.0.0.1" for p in published), f"{name} publishes {published}"
         for option in ("--engine", "--tuner", "--prometheus"):
             if option in service.get("command", []):
                 target = urlparse(flag(service["command"], option))
