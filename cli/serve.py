@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semi-pd only: compute shares of the prefill and decode workers; on "
                              "CPU a number of cores each (may overlap), default 1,1; changed live "
                              "with POST /semipd/split")
-    parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="prefill",
+    parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="all",
                         help="semi-pd on CPU: where SGLang's HTTP/tokenizer and detokenizer processes run: "
-                             "on the prefill worker's cores (default), decode's, or all")
+                             "on all cores (default), the prefill worker's, or decode's")
     parser.add_argument("--lend-idle-cores", action="store_true",
                         help="semi-pd on CPU: a worker that will be idle during the other's next "
                              "step lends it its cores for that step")

@@ -20,15 +20,16 @@ class CpuCores:
 
 
     The front end (SGLang's HTTP + tokenizer process and its detokenizer) is placed with the
-    split: on the prefill worker's cores (`frontend="prefill"`, the default: decode's core is the
-    one every running request waits on), on decode's, or on all; in unified mode on all.
+    split: on all cores (`frontend="all"`, the default), on the prefill worker's or on decode's;
+    in unified mode on all. Measured at split 1,1: on the prefill core the front end delays
+    prefill, which is what binds there (docs/engine-goodput.md).
     """
 
     name = "cpu"
     unit = "cores"
     FRONTEND_CHOICES = ("prefill", "decode", "all")
 
-    def __init__(self, cores: list[int] | None = None, frontend: str = "prefill"):
+    def __init__(self, cores: list[int] | None = None, frontend: str = "all"):
         if frontend not in self.FRONTEND_CHOICES:
             raise InvalidSplit(f"front-end cores {frontend!r}: valid are {', '.join(self.FRONTEND_CHOICES)}")
         self.frontend = frontend

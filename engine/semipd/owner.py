@@ -60,7 +60,7 @@ class SemiPDScheduler(Scheduler):
         self._semipd_injected: ModelRunnerOutput | None = None
         inject_forward(model_runner, self._take_injected)
 
-        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "prefill"))
+        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "all"))
         self.lend_idle_cores = os.environ.get(ENV_LEND_IDLE) == "1"
         split = parse_split(os.environ.get(ENV_SPLIT, "1,1"))
         self.partition.check(split)

@@ -16,7 +16,7 @@ ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
 ENV_FRONTEND = "SEMIPD_FRONTEND_CORES"
 
 
-def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "prefill") -> str:
+def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all") -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range."""
