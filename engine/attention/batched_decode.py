@@ -61,9 +61,6 @@ class Workspace:
             self._bufs[key] = buf
         return buf[:numel].view(*shape)
 
-    def clear(self) -> None:
-        self._bufs.clear()
-
 
 @dataclass
 class DecodeMeta:

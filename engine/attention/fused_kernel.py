@@ -93,9 +93,6 @@ def load():
             fn.argtypes = [i32, vp, vp, i64, i64, i64, i64, vp, vp, vp,
                            i32, i32, i32, i32, i32, f32, f32, vp, vp, i32]
             fn.restype = i32
-            lib.semipd_decode_attention_path.argtypes = [i32, i32]
-            lib.semipd_decode_attention_path.restype = i32
-            fn.path = lib.semipd_decode_attention_path
             _lib = fn
         except Exception as exc:  # no compiler, build error, unloadable library
             _load_error = f"{type(exc).__name__}: {exc}"
@@ -152,9 +149,3 @@ def fused_decode_attention(
 
 def scratch_elems(max_len: int, h: int, hkv: int, d: int, dv: int) -> int:
     return max_len * h + max(d, dv) + h * dv + h * d
-
-
-def uses_avx512(d: int, dv: int) -> bool:
-    """Whether the built kernel takes its AVX-512 path for these head dims."""
-    fn = load()
-    return bool(fn is not None and fn.path(d, dv))
