@@ -88,6 +88,7 @@ def one_run(url: str, system: str, requests, rate: float, seed: int, slo: dict, 
         set_split(url, (units, units) if system == "unified" else (1, 1))
     timed = scale_rate(requests, rate / mean_rate(requests))
     since = time.time()
+    link_before = worker_link(url) if system != "stock" else None
     moves = None
     if system == "tuned":
         with TunerThread(url, slo, work / f"tuner-{rate}-{seed}.db", interval_s=1.0) as tuner:
@@ -96,10 +97,18 @@ def one_run(url: str, system: str, requests, rate: float, seed: int, slo: dict, 
     else:
         records, duration = run_rate(url, timed, VOCAB, show_progress=False, label=system, seed=seed)
     summary = summarize(records, slo["ttft_slo_s"], slo["tpot_slo_s"], duration)
-    loop = None
+    loop = worker = None
     if system != "stock":
         loop = httpx.get(url + "/semipd/steps", params={"since": since}, timeout=60).json()["loop"]
-    return {"system": system, "rate": rate, "seed": seed, "moves": moves, "loop": loop, **summary}
+        link = worker_link(url)
+        worker = {key: link[key] - link_before.get(key, 0) for key in ("batches", "pipelined", "idle_with_work_s")}
+        worker["seconds"] = time.time() - since
+    return {"system": system, "rate": rate, "seed": seed, "moves": moves, "loop": loop, "worker": worker, **summary}
+
+
+def worker_link(url: str) -> dict:
+    """The prefill worker's link counters (reset when a worker is replaced, hence .get above)."""
+    return httpx.get(url + "/semipd/workers", timeout=60).json()["link"]
 
 
 def median_spread(values: list[float]) -> tuple[float, float]:
@@ -165,6 +174,13 @@ def report(runs: list[dict], rates: list[float], systems_run: list[str], slo: di
             for name, v in lp["phases"].items():
                 phases[name] = phases.get(name, 0.0) + v["seconds"]
         print(f"  {system:8} " + ", ".join(f"{n} {s / wall:.0%}" for n, s in sorted(phases.items(), key=lambda kv: -kv[1])))
+    print("\nprefill worker: batches, handed over while another ran, idle while a request of its next batch waited:")
+    for system in systems_run:
+        links = [r["worker"] for r in runs if r["system"] == system and r.get("worker") and r["worker"]["batches"]]
+        if links:
+            idle, wall = sum(w["idle_with_work_s"] for w in links), sum(w["seconds"] for w in links)
+            print(f"  {system:8} {sum(w['batches'] for w in links)} batches, {sum(w['pipelined'] for w in links)} "
+                  f"pipelined, idle with work {idle:.1f} s of {wall:.0f} s ({idle / wall:.1%})")
     return {"table": {s: {str(r): v for r, v in per.items()} for s, per in table.items()}, "goodput": goodputs,
             "ratios": ratios}
 

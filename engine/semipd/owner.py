@@ -5,12 +5,14 @@ This process keeps everything SGLang's scheduler owns (request queues, radix tre
 request table, sampling, streaming) and so allocation has a single owner. It runs in one of two
 modes, switched live at a batch boundary:
 
-- split (semi-PD): each loop iteration takes new requests and admin commands; completes a
+- split (semi-PD): each loop iteration takes new requests and admin commands; completes each
   prefill the worker has finished through SGLang's own run_batch/process_batch_result (the
   worker's logits injected in place of a local forward), which samples, streams the first token
-  and inserts the prefix into the radix tree; if the worker is idle, lets SGLang's scheduling
-  merge the finished batch and form the next prefill batch (allocating its KV) and sends it;
-  then runs one decode step locally. Decode never waits for a prefill.
+  and inserts the prefix into the radix tree, and merges it into the running batch; if the
+  worker is idle, lets SGLang's scheduling form the next prefill batch (allocating its KV) and
+  sends it; if it is busy, forms the batch after (counting the requests it holds) so that it
+  starts the moment the worker is free; then runs one decode step locally. Decode never waits
+  for a prefill, and the prefill worker never waits for a decode step.
 - unified: the split that gives each phase the whole device (units, units). The owner runs
   SGLang's own loop (prefill and decode batches in turn, on all cores) and the worker stands by.
   The tuner can choose it, so it never has to be worse than stock SGLang.
@@ -68,7 +70,6 @@ class SemiPDScheduler(Scheduler):
         self._mailboxes = mailboxes(self._semipd_storage)
         self.prefill_link = self._start_worker(split.prefill)
         self.prefill_link.wait_ready()
-        self.finished_prefill = None  # a completed extend batch, merged at the next formation
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)
         self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
         self.split: Split | None = None
@@ -138,31 +139,29 @@ class SemiPDScheduler(Scheduler):
     def _split_iteration(self) -> None:
         timer = self.timer
         try:
-            finished = self.prefill_link.poll()
+            while (finished := self.prefill_link.poll()) is not None:
+                with timer.phase("prefill completion"):
+                    self._complete_prefill(*finished)
         except WorkerDied as exc:
             self._worker_died(exc)
             return
-        if finished is not None:
-            with timer.phase("prefill completion"):
-                self._complete_prefill(*finished)
         decode_batch = None
-        if not self.prefill_link.busy:
-            with timer.phase("formation"):
-                plan = self.get_next_batch_to_run(self.running_batch, self.finished_prefill)
-                self.finished_prefill = None
-                self.running_batch = plan.running_batch
-                batch = plan.batch_to_run
-            if batch is not None and batch.forward_mode.is_extend():
-                if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
-                    self.partition.lend("decode", False, self._workers)
-                    self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
-                with timer.phase("prefill hand-off"):
-                    self._launch_prefill(batch)
-                with timer.phase("formation"):
-                    decode_batch = self._next_decode_batch()
+        with timer.phase("formation"):
+            if self.prefill_link.busy:
+                prefill = self._form_next_prefill()
             else:
-                decode_batch = batch  # SGLang formed a decode batch: nothing to prefill
-        else:
+                plan = self.get_next_batch_to_run(self.running_batch, None)
+                self.running_batch = plan.running_batch
+                prefill = plan.batch_to_run
+                if prefill is not None and not prefill.forward_mode.is_extend():
+                    decode_batch, prefill = prefill, None  # SGLang formed a decode batch: nothing to prefill
+        if prefill is not None:
+            if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
+                self.partition.lend("decode", False, self._workers)
+                self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
+            with timer.phase("prefill hand-off"):
+                self._launch_prefill(prefill)
+        if decode_batch is None:
             with timer.phase("formation"):
                 decode_batch = self._next_decode_batch()
         self.semipd_metrics.record_queues(len(self.waiting_queue), self.running_batch.batch_size())
@@ -205,6 +204,37 @@ class SemiPDScheduler(Scheduler):
         self._record_step(worker, started, finished, batch.batch_size(), tokens, context,
                           self.partition.cores_of("decode"))
 
+    def _form_next_prefill(self):
+        """The batch after the one the worker runs, formed now so that the worker starts it as
+        soon as it is free. SGLang's admission counts the running batch's requests (their number
+        and the KV their decoding will take): the worker's are added, as they join it next. Not
+        while a request is being prefilled in chunks: SGLang forms its next chunk only once the
+        previous one is complete."""
+        if not (self.prefill_link.has_room and self.waiting_queue) or self.chunked_req is not None \
+                or self.is_mixed_chunk:
+            return None
+        running = self.running_batch
+        own = running.reqs
+        running.reqs = own + self.prefill_link.inflight_reqs()
+        try:
+            return self.get_new_batch_prefill(running).batch_to_run
+        finally:
+            running.reqs = own
+
+    def _merge_prefilled(self, batch) -> None:
+        """A completed prefill joins the running batch (what SGLang's get_next_batch_to_run does
+        with its last batch): finished requests and a request still being chunked stay out."""
+        size = batch.batch_size()
+        batch.filter_batch(reqs_to_exclude=self.chunked_req)
+        if batch.is_empty():
+            return
+        if self.running_batch.is_empty():
+            self.running_batch = batch
+        else:
+            self.running_batch.merge_batch(batch)
+        if batch.batch_size() < size:
+            self.running_batch.batch_is_full = False
+
     def _next_decode_batch(self):
         running = self.running_batch
         if running.is_empty() or running.is_prefill_only:
@@ -216,20 +246,19 @@ class SemiPDScheduler(Scheduler):
         resolve_forward_inputs(batch, self.future_map)
         forward_batch = ForwardBatch.init_new(batch, self.tp_worker.model_runner,
                                               return_hidden_states_before_norm=False)
-        self.prefill_link.launch(batch, forward_batch)
+        self.prefill_link.launch(batch, forward_batch, queued_since(batch.reqs))
         self._prefill_cores = self.partition.cores_of("prefill")
 
     def _complete_prefill(self, batch, forward_batch, result) -> None:
         self._semipd_injected = ModelRunnerOutput(logits_output=result.logits_output, can_run_graph=False)
         run_result = self.run_batch(batch)
         self.process_batch_result(batch, run_result)
-        self.finished_prefill = batch
+        self._merge_prefilled(batch)
         self._record_step("prefill", result.started, result.finished, batch.batch_size(),
                           int(batch.extend_num_tokens or 0), sum(batch.prefix_lens or ()), self._prefill_cores)
 
     def _finish_inflight_prefill(self, timeout_s: float = 600.0) -> None:
-        """Wait for the worker's batch (a batch boundary), complete it, and hand it to SGLang's
-        next formation as the last batch."""
+        """Wait for the worker's batches (a batch boundary) and complete them."""
         deadline = time.monotonic() + timeout_s
         while self.prefill_link.busy and time.monotonic() < deadline:
             try:
@@ -242,13 +271,14 @@ class SemiPDScheduler(Scheduler):
 
     # -- a prefill worker that dies ------------------------------------------------------------
     def _rerun_locally(self, exc: WorkerDied) -> None:
-        """Prefill the batch the dead worker held here: its KV slots are ours, so the requests
+        """Prefill the batches the dead worker held here: their KV slots are ours, so the requests
         finish exactly as they would have (what the worker half-wrote is overwritten)."""
-        _, batch, _ = exc.inflight
-        self.prefill_link.inflight = None
-        logger.error("%s; its batch of %d requests is prefilled by the owner", exc, batch.batch_size())
-        self._run_local_prefill(batch)
-        self.finished_prefill = batch
+        self.prefill_link.clear()
+        logger.error("%s; its %d batch(es) of %s requests are prefilled by the owner", exc, len(exc.inflight),
+                     "+".join(str(held.batch.batch_size()) for held in exc.inflight))
+        for held in exc.inflight:
+            self._run_local_prefill(held.batch)
+            self._merge_prefilled(held.batch)
 
     def _worker_died(self, exc: WorkerDied) -> None:
         self._rerun_locally(exc)
@@ -285,10 +315,12 @@ class SemiPDScheduler(Scheduler):
         was_unified = self.unified
         if self.is_unified(split) and not was_unified:
             self._finish_inflight_prefill()  # SGLang's loop takes over at this batch boundary
-            self.last_batch, self.finished_prefill = self.finished_prefill, None
+            self.last_batch = None  # merged already: SGLang's formation must not merge it again
         elif was_unified and not self.is_unified(split):
-            last = self.last_batch  # a prefill SGLang's loop ran last is merged by the next formation
-            self.finished_prefill = last if last is not None and last.forward_mode.is_extend() else None
+            last, self.last_batch = self.last_batch, None  # a prefill SGLang's loop ran last joins now
+            if last is not None and last.forward_mode.is_extend():
+                self._merge_prefilled(last)
+            self.prefill_link.idle_since = time.time()  # it stood by: that was not waiting with work
         in_force = self.partition.apply(split, self._workers)
         switch_s = time.perf_counter() - started
         record = {"time": time.time(), "old": str(self.split) if self.split else None, "new": str(split),
@@ -337,6 +369,14 @@ class SemiPDScheduler(Scheduler):
         self.steps.append({"worker": worker, "start": started, "end": finished, "batch_size": batch_size,
                            "tokens": tokens, "context": context, "cores": cores})
         self.semipd_metrics.record_step(worker, finished - started, batch_size)
+
+
+def queued_since(reqs) -> float:
+    """Wall time the longest-waiting of these requests entered the waiting queue (SGLang keeps
+    it on the perf_counter clock)."""
+    entered = [r.time_stats.wait_queue_entry_time for r in reqs if r.time_stats.wait_queue_entry_time]
+    now_perf, now_wall = time.perf_counter(), time.time()
+    return now_wall - (now_perf - min(entered)) if entered else now_wall
 
 
 def frontend_pids() -> list[int]:

@@ -5,8 +5,12 @@ allocator and the request table) forms each prefill batch, allocates its KV slot
 batch's `ForwardBatch` here. This process runs the model on it, writing K and V straight into the
 shared pool, and returns only the logits; the owner samples, streams and merges the requests into
 its decode batch. Nothing is copied at the hand-off, and allocation has one owner. Per step only
-metadata crosses the socket: the batch's tensors and the logits go through two mailboxes in the
+metadata crosses the socket: the batch's tensors and the logits go through mailboxes in the
 unified storage (engine/semipd/mailbox.py).
+
+The worker may hold two batches: the one it runs and the next, formed by the owner meanwhile,
+which it starts as soon as it is free instead of waiting for the owner's next look (after a
+decode step). Each of the two has its own pair of mailboxes.
 
 This process is a stock SGLang `Scheduler` (so the model, pools and attention backend are built
 by SGLang's own code) whose pools and weights are mapped onto the owner's shared files, and whose
@@ -21,6 +25,7 @@ import os
 import pickle
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 
 import zmq
@@ -33,10 +38,11 @@ logger = logging.getLogger(__name__)
 # tensors are a few int64 per token; logits are (requests in the batch) x vocabulary x 4 bytes.
 BATCH_MAILBOX_BYTES = 64 << 20
 LOGITS_MAILBOX_BYTES = 256 << 20
+PIPELINE_DEPTH = 2  # batches the worker may hold: the one it runs and the next
 
 
 class WorkerDied(RuntimeError):
-    """The prefill worker exited or stopped answering; `inflight` is what it held."""
+    """The prefill worker exited or stopped answering; `inflight` is what it held, oldest first."""
 
     def __init__(self, message: str, inflight):
         super().__init__(message)
@@ -74,12 +80,18 @@ def recv(sock: zmq.Socket):
     return pickle.loads(data), len(data)
 
 
-def mailboxes(storage) -> tuple[Mailbox, Mailbox]:
-    """(batches to the worker, logits from it): the same files in both processes."""
+def mailboxes(storage) -> list[tuple[Mailbox, Mailbox]]:
+    """(batches to the worker, logits from it) per pipeline slot: the same files in both
+    processes. Batch `seq` uses slot seq % PIPELINE_DEPTH. The owner writes a batch into a slot
+    only after it has read the answer to the slot's previous batch, so the worker is done with it
+    and its logits are copied out."""
     import torch
 
-    return (Mailbox(storage.tensor("mailbox.batch", (BATCH_MAILBOX_BYTES,), torch.uint8), "batch mailbox"),
-            Mailbox(storage.tensor("mailbox.logits", (LOGITS_MAILBOX_BYTES,), torch.uint8), "logits mailbox"))
+    def box(kind: str, slot: int, size: int) -> Mailbox:
+        return Mailbox(storage.tensor(f"mailbox.{kind}.{slot}", (size,), torch.uint8), f"{kind} mailbox {slot}")
+
+    return [(box("batch", slot, BATCH_MAILBOX_BYTES), box("logits", slot, LOGITS_MAILBOX_BYTES))
+            for slot in range(PIPELINE_DEPTH)]
 
 
 def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int) -> None:
@@ -107,12 +119,12 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     try:
         scheduler = build_attached_scheduler(scheduler_module.Scheduler, server_args,
                                              PortArgs.init_new(server_args), storage)
-        boxes = mailboxes(storage)
+        slots = mailboxes(storage)
     except Exception:
         send(sock, ForwardResult(-1, None, 0.0, 0.0, error=traceback.format_exc()))
         raise
     send(sock, ForwardResult(-1, None, 0.0, 0.0))  # ready
-    serve_forwards(scheduler.tp_worker.model_runner, sock, *boxes)
+    serve_forwards(scheduler.tp_worker.model_runner, sock, slots)
 
 
 def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
@@ -128,7 +140,7 @@ def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
     return scheduler
 
 
-def serve_forwards(model_runner, sock: zmq.Socket, batch_box: Mailbox, logits_box: Mailbox) -> None:
+def serve_forwards(model_runner, sock: zmq.Socket, slots: list[tuple[Mailbox, Mailbox]]) -> None:
     import torch
 
     while True:
@@ -137,6 +149,7 @@ def serve_forwards(model_runner, sock: zmq.Socket, batch_box: Mailbox, logits_bo
             torch.set_num_threads(message.threads)
             continue
         started = time.time()
+        batch_box, logits_box = slots[message.seq % len(slots)]
         try:
             forward_batch = batch_box.unpack(message.forward_batch)
             attach_to_runner(forward_batch, model_runner)
@@ -164,15 +177,25 @@ def attach_to_runner(forward_batch, model_runner) -> None:
     translator.own_plan(forward_batch).bind(forward_batch, translator)
 
 
+@dataclass
+class Inflight:
+    seq: int
+    batch: object  # sglang ScheduleBatch, owned by the owner
+    forward_batch: object
+    queued_since: float
+
+
 class PrefillLink:
     """The owner's side: starts the prefill worker, sends it batches, collects results.
 
-    Counts what crosses the socket (`stats`), so a test can bound the bytes per step."""
+    Counts what crosses the socket (`stats`), so a test can bound the bytes per step, and the
+    time the worker sat idle while a request of its next batch was already queued
+    (`idle_with_work_s`), the cost the pipeline removes."""
 
-    def __init__(self, server_args, storage, threads: int, boxes: tuple[Mailbox, Mailbox]):
+    def __init__(self, server_args, storage, threads: int, slots: list[tuple[Mailbox, Mailbox]]):
         import multiprocessing
 
-        self.batch_box, self.logits_box = boxes
+        self.slots = slots
         self.endpoint = f"ipc://{storage.directory}/prefill-{time.monotonic_ns()}.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.bind(self.endpoint)
@@ -182,8 +205,10 @@ class PrefillLink:
         self.process.start()
         self.seq = 0
         self.ready = False
-        self.inflight = None  # (seq, batch, forward_batch) of the batch being prefilled
-        self.stats = {"batches": 0, "bytes_sent": 0, "bytes_received": 0, "inline_tensors": 0}
+        self.inflight: deque[Inflight] = deque()  # oldest (the one running) first
+        self.idle_since: float | None = None  # wall time the worker last became free
+        self.stats = {"batches": 0, "bytes_sent": 0, "bytes_received": 0, "inline_tensors": 0,
+                      "pipelined": 0, "idle_with_work_s": 0.0}  # pipelined: sent while another ran
 
     @property
     def pid(self) -> int:
@@ -209,38 +234,59 @@ class PrefillLink:
 
     @property
     def busy(self) -> bool:
-        return self.inflight is not None
+        return bool(self.inflight)
 
-    def launch(self, batch, forward_batch) -> None:
+    @property
+    def has_room(self) -> bool:
+        return len(self.inflight) < PIPELINE_DEPTH
+
+    def inflight_reqs(self) -> list:
+        return [req for held in self.inflight for req in held.batch.reqs]
+
+    def launch(self, batch, forward_batch, queued_since: float) -> None:
+        """Send a batch; `queued_since` is the wall time its oldest request has waited since."""
+        if not self.has_room:
+            raise RuntimeError(f"the prefill worker already holds {len(self.inflight)} batches")
         self.seq += 1
-        payload = forward_payload(forward_batch, self.batch_box)
+        batch_box, _ = self.slots[self.seq % len(self.slots)]
+        payload = forward_payload(forward_batch, batch_box)
         self.stats["inline_tensors"] += inline_tensors(payload)
         self.stats["bytes_sent"] += send(self.sock, ForwardRequest(self.seq, payload))
         self.stats["batches"] += 1
-        self.inflight = (self.seq, batch, forward_batch)
+        self.stats["pipelined"] += bool(self.inflight)
+        self.inflight.append(Inflight(self.seq, batch, forward_batch, queued_since))
 
     def poll(self, timeout_ms: int = 0):
-        """The finished (batch, forward_batch, result), or None while the worker is busy.
-        WorkerDied when the worker is gone (with the batch it held)."""
-        if self.inflight is None:
+        """The oldest finished (batch, forward_batch, result), or None while the worker is busy.
+        WorkerDied when the worker is gone (with the batches it held)."""
+        if not self.inflight:
             return None
         if not self.sock.poll(timeout_ms):
             if not self.process.is_alive():
                 raise WorkerDied(f"the prefill worker exited (code {self.process.exitcode}) during batch "
-                                 f"{self.inflight[0]}", self.inflight)
+                                 f"{self.inflight[0].seq}", list(self.inflight))
             return None
         result, size = recv(self.sock)
         self.stats["bytes_received"] += size
-        seq, batch, forward_batch = self.inflight
-        if result.seq != seq:
-            raise RuntimeError(f"prefill worker answered batch {result.seq}, expected {seq}")
+        held = self.inflight[0]
+        if result.seq != held.seq:
+            raise RuntimeError(f"prefill worker answered batch {result.seq}, expected {held.seq}")
         if result.error:
-            raise RuntimeError(f"prefill worker failed on batch {seq}:\n{result.error}")
+            raise RuntimeError(f"prefill worker failed on batch {held.seq}:\n{result.error}")
         self.stats["inline_tensors"] += inline_tensors(result.logits_output)
-        # copied out: the worker may write the next batch's logits before these are used
-        self.logits_box.unpack(result.logits_output, copy_out=True)
-        self.inflight = None
-        return batch, forward_batch, result
+        # copied out: this slot's logits are overwritten once its next batch is sent
+        _, logits_box = self.slots[held.seq % len(self.slots)]
+        logits_box.unpack(result.logits_output, copy_out=True)
+        self.inflight.popleft()
+        if self.idle_since is not None:
+            self.stats["idle_with_work_s"] += max(0.0, result.started - max(self.idle_since, held.queued_since))
+        self.idle_since = result.finished
+        return held.batch, held.forward_batch, result
+
+    def clear(self) -> list:
+        """Forget the batches held (the worker is gone); returns them, oldest first."""
+        held, self.inflight = list(self.inflight), deque()
+        return held
 
     def poll_wait(self, timeout_ms: int) -> None:
         """Sleep until the worker has something to say, or timeout_ms passes."""

@@ -287,6 +287,20 @@ def test_a_step_sends_metadata_only_through_the_socket(semipd_server, restore_sp
     assert per_batch < 16_384, f"{per_batch:.0f} bytes per prefill batch on the socket"
 
 
+def test_the_next_prefill_is_formed_while_the_worker_runs_one(semipd_server, tiny_model):
+    before = workers(semipd_server)["link"]
+    # One chunk (64 tokens) each, so that every batch is one whole prompt: a prompt left half
+    # prefilled waits for its chunk to complete before the next batch is formed.
+    prompts = [prompt_ids(64, seed=6000 + i) for i in range(8)]
+    new_tokens = 16
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        outputs = list(pool.map(lambda p: generate_ids(semipd_server.url, p, new_tokens), prompts))
+    after = workers(semipd_server)["link"]
+    assert after["pipelined"] > before["pipelined"], "no batch was handed over while another ran"
+    for prompt, got in zip(prompts, outputs):
+        assert got == greedy_tokens(tiny_model, prompt, new_tokens)
+
+
 def test_the_loop_breakdown_names_where_the_owner_spends_its_time(semipd_server):
     since = time.time()
     asyncio.run(run_concurrently(semipd_server.url, [prompt_ids(200, seed=s) for s in range(4)], 16))
