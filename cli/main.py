@@ -22,6 +22,7 @@ COMMANDS = {
     "simulate": "cli.simulate",
     "plan": "cli.plan",
     "calibrate-model": "cli.calibrate_model",
+    "validate-profile": "cli.validate_profile",
     "tune": "cli.tune",
     "search": "cli.search",
     "dashboard": "cli.dashboard",

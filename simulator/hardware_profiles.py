@@ -30,6 +30,9 @@ class Hardware:
     link_latency_s: float = 2e-5
     inter_node_bandwidth: float = 25e9 / 8  # 25 Gbps, DistServe's testbed between nodes
     units: int = 100           # a split is given in percent of the SMs
+    clock_hz: float = 0.0      # boost clock: elementwise kernels cost SM cycles
+    l2_bytes: float = 0.0
+    topology: str = "nvswitch"  # between a node's devices: nvswitch | pairwise-nvlink | pcie
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,22 @@ class Model:
 HARDWARE = {h.name: h for h in (
     Hardware("a100-80gb", 312e12, 2.039e12, 80e9, 108, 300e9,
              "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 312 TFLOPS BF16 dense, 2,039 GB/s "
-             "HBM2e, NVLink 600 GB/s (300 GB/s per direction)"),
+             "HBM2e, NVLink 600 GB/s (300 GB/s per direction); NVIDIA A100 architecture whitepaper: "
+             "108 SMs, boost clock 1410 MHz, 40 MB L2",
+             clock_hz=1.41e9, l2_bytes=40e6),
+    Hardware("a40", 149.7e12, 0.696e12, 48e9, 84, 56.25e9,
+             "NVIDIA A40 datasheet: 149.7 TFLOPS BF16 tensor dense, 696 GB/s GDDR6, 48 GB, NVLink "
+             "bridge 112.5 GB/s for a pair (56.25 per direction), PCIe Gen4; NVIDIA Ampere GA102 "
+             "whitepaper: 84 SMs, boost clock 1740 MHz, 6 MB L2",
+             clock_hz=1.74e9, l2_bytes=6e6, topology="pairwise-nvlink"),
     Hardware("h100", 989e12, 3.35e12, 80e9, 132, 450e9,
              "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 989 TFLOPS BF16 dense, 3.35 TB/s HBM3, "
-             "NVLink 900 GB/s"),
+             "NVLink 900 GB/s; H100 whitepaper: 132 SMs, boost clock 1980 MHz, 50 MB L2",
+             clock_hz=1.98e9, l2_bytes=50e6),
     Hardware("h200", 989e12, 4.8e12, 141e9, 132, 450e9,
              "NVIDIA H200 Tensor Core GPU datasheet (SXM): 989 TFLOPS BF16 dense, 4.8 TB/s HBM3e, "
-             "141 GB, NVLink 900 GB/s"),
+             "141 GB, NVLink 900 GB/s; the H100's die: 132 SMs, 1980 MHz, 50 MB L2",
+             clock_hz=1.98e9, l2_bytes=50e6),
 )}
 
 MODELS = {m.name: m for m in (

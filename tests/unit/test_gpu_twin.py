@@ -1,0 +1,99 @@
+"""The GPU twin's operator and collective curves, fitted to Vidur's measured profiles."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.gpu_profile import GpuProfile, calibrate_from_vidur, gpu_of_path, validate
+from simulator.hardware_profiles import HARDWARE
+from simulator.network_model import collective_errors, fit_collectives
+from simulator.operator_model import error_summary
+from simulator.vidur_profiles import ProfileError, read_collectives, read_operators
+
+PROFILES = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpu-profiles" / "vidur"
+A100 = PROFILES / "compute" / "a100" / "meta-llama"
+A40_LLAMA2 = PROFILES / "compute" / "a40" / "meta-llama" / "Llama-2-7b-hf"
+A100_LLAMA2 = A100 / "Llama-2-7b-hf"
+
+
+@pytest.fixture(scope="module")
+def llama2_a100():
+    return calibrate_from_vidur(A100_LLAMA2, "llama-2-7b", HARDWARE["a100-80gb"])
+
+
+@pytest.mark.parametrize("model", ["Llama-2-7b-hf", "Meta-Llama-3-8B", "Meta-Llama-3-70B"])
+def test_fitted_curves_reproduce_the_a100_points_they_came_from(model):
+    profile = calibrate_from_vidur(A100 / model, model, HARDWARE["a100-80gb"])
+    error = profile.fit_error["operators"]
+    assert error["median_rel_error"] <= 0.05, error
+    for op in ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj"):
+        assert error["per_operator"][op]["median_rel_error"] <= 0.05, (op, error["per_operator"][op])
+
+
+def test_the_a40_is_predicted_from_its_datasheet_through_the_a100_curves(llama2_a100, tmp_path):
+    path = tmp_path / "a100.json"
+    llama2_a100.save(path)
+    report = validate(str(path), A40_LLAMA2)
+    assert report["gpu"] == "a40" and "datasheet" in report["predicted_by"]
+    assert report["median_rel_error"] <= 0.10, report["per_operator"]
+    # the A100's residual curves stay on the A100: without them the A40 error is the same
+    assert all(abs(r["rel_error"]) < 5 for r in report["rows"])
+    plain = validate("a40", A40_LLAMA2)  # the roofline the curves replace: no elementwise operators
+    assert plain["median_rel_error"] > report["median_rel_error"]
+    assert plain["per_operator"]["add"]["median_rel_error"] == pytest.approx(1.0)
+
+
+def test_a_gpu_profile_round_trips_through_its_file(llama2_a100, tmp_path):
+    path = tmp_path / "profile.json"
+    llama2_a100.save(path)
+    loaded = GpuProfile.load(path)
+    assert loaded == llama2_a100
+    _, samples = read_operators(A100_LLAMA2)
+    assert loaded.predict(samples, HARDWARE["a100-80gb"]) == llama2_a100.predict(samples, HARDWARE["a100-80gb"])
+
+
+def test_the_commands_fit_and_validate_a_profile(tmp_path):
+    out = tmp_path / "a100-llama2.json"
+    semipd = [sys.executable, "-m", "cli.main"]
+    made = subprocess.run([*semipd, "calibrate-model", "--from-vidur", str(A100_LLAMA2), "--model", "llama-2-7b",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert "mlp_up_proj" in made.stdout and out.exists()
+    checked = subprocess.run([*semipd, "validate-profile", "--hardware", str(out), "--vidur", str(A40_LLAMA2),
+                              "--model", "llama-2-7b", "--json"], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert {"median_rel_error", "max_rel_error", "per_operator", "rows"} <= set(report)
+    assert {"op", "tokens", "tp", "measured_ms", "predicted_ms", "rel_error"} <= set(report["rows"][0])
+    wrong = subprocess.run([*semipd, "validate-profile", "--hardware", str(out), "--vidur",
+                            str(A100 / "Meta-Llama-3-70B"), "--model", "llama-3-70b"],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "another model" in wrong.stderr
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    not_vidur = tmp_path / "mlp.csv"
+    not_vidur.write_text("a,b\n1,2\n")
+    with pytest.raises(ProfileError, match="not a Vidur mlp.csv"):
+        read_operators(tmp_path)
+    with pytest.raises(ValueError, match="cannot tell which GPU"):
+        gpu_of_path(tmp_path)
+    with pytest.raises(ValueError, match="unknown GPU 'b200'; valid: a100-80gb"):
+        validate("b200", A100_LLAMA2)
+    with pytest.raises(ProfileError, match="no all_reduce.csv"):
+        read_collectives(tmp_path)
+
+
+@pytest.mark.parametrize("topology", ["a100_dgx", "a100_pairwise_nvlink"])
+def test_collectives_fit_latency_and_bus_bandwidth_per_topology(topology):
+    samples = read_collectives(PROFILES / "network" / topology)
+    fits = fit_collectives(samples)
+    error = error_summary(collective_errors(fits, samples))
+    assert error["median_rel_error"] <= 0.15, error["per_operator"]
+    within = [f for f in fits if f.collective == "all_reduce" and f.workers == 2 and f.devices_per_node == 2]
+    across = [f for f in fits if f.collective == "all_reduce" and f.workers == 2 and f.devices_per_node == 1]
+    if within and across:  # NVLink inside a node is faster than the network between nodes
+        assert within[0].bus_bandwidth > 5 * across[0].bus_bandwidth
