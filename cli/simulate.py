@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n")[0].split(": ", 1)[1] + "\n\n" + SPEC_HELP
     parser.add_argument("--list", action="store_true", help="print the hardware and model profiles and exit")
     parser.add_argument("--system", choices=("unified", "disagg", "semi-pd"), default="semi-pd")
-    parser.add_argument("--hardware", metavar="H", help="a100-80gb, h100, h200, or a calibrated FILE.json")
-    parser.add_argument("--model", metavar="M", help="llama-3-8b, llama-3-70b, deepseek-v2-lite, opt-13b")
+    parser.add_argument("--hardware", metavar="H", help="a100-80gb, a40, h100, h200; a GPU profile FILE.json (calibrate-model --from-vidur); or an engine's calibrated FILE.json")
+    parser.add_argument("--model", metavar="M", help="llama-3-8b, llama-2-7b, llama-3-70b, deepseek-v2-lite, opt-13b (a GPU profile names its own)")
     parser.add_argument("--tp", type=int, help="tensor parallelism per instance (default: the model's)")
     parser.add_argument("--workload", metavar="SPEC", help="what arrives (see above)")
     parser.add_argument("--ttft-slo", type=float, metavar="S", help="TTFT SLO in seconds")

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a profile .json from `semipd calibrate-model --from-vidur`, or a named GPU "
                              "(its plain roofline)")
     parser.add_argument("--vidur", required=True, metavar="DIR", help="a Vidur compute profile (DIR/mlp.csv)")
-    parser.add_argument("--model", required=True, help="the model DIR measured (checked against the profile's shape)")
+    parser.add_argument("--model", required=True, help="the model DIR measured, a simulator model name (e.g. llama-2-7b)")
     parser.add_argument("--gpu", help="the GPU DIR measured (default: from its path, e.g. a40)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: median_rel_error, max_rel_error, per_operator, rows")
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
 
     try:
         gpu = hardware_named(args.gpu) if args.gpu else None
-        report = validate(args.hardware, args.vidur, gpu)
+        report = validate(args.hardware, args.vidur, args.model, gpu)
     except (ValueError, OSError, KeyError) as exc:
         print(f"semipd validate-profile: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from simulator.hardware_profiles import HARDWARE, Hardware
+from simulator.hardware_profiles import HARDWARE, MODELS, Hardware
 from simulator.network_model import CollectiveFit, collective_errors, fit_collectives
 from simulator.operator_model import (GEMMS, OperatorFit, error_summary, fit_operator, operator_work,
                                       relative_errors)
@@ -87,6 +87,7 @@ def gpu_of_path(path: str | Path) -> Hardware:
 def calibrate_from_vidur(compute_dir: str | Path, model: str, gpu: Hardware,
                          network_dir: str | Path | None = None) -> GpuProfile:
     shape, samples = read_operators(compute_dir)
+    check_model(model, shape, compute_dir)
     operators = tuple(fit_operator(op, shape, samples, gpu) for op in OPERATORS if any(s.op == op for s in samples))
     collectives = tuple(fit_collectives(read_collectives(network_dir))) if network_dir else ()
     profile = GpuProfile(gpu, model, shape, operators, collectives,
@@ -96,6 +97,17 @@ def calibrate_from_vidur(compute_dir: str | Path, model: str, gpu: Hardware,
     if network_dir:
         fit_error["collectives"] = error_summary(collective_errors(list(collectives), read_collectives(network_dir)))
     return GpuProfile(**{**profile.__dict__, "fit_error": fit_error})
+
+
+def check_model(model: str, shape: LayerShape, compute_dir) -> None:
+    """The simulator knows the model (layers, weights, KV) and its shape is the measured one."""
+    if model not in MODELS:
+        raise ProfileConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    m = MODELS[model]
+    if (m.hidden, m.heads, m.kv_heads) != (shape.hidden, shape.heads, shape.kv_heads):
+        raise ProfileConfigError(f"{compute_dir} measured another model than {model} (hidden {shape.hidden}, "
+                                 f"{shape.heads} heads, {shape.kv_heads} KV heads; {model} has {m.hidden}, "
+                                 f"{m.heads}, {m.kv_heads})")
 
 
 def roofline_seconds(op: str, shape: LayerShape, tokens: int, tp: int, hw: Hardware) -> float:
@@ -108,17 +120,17 @@ def roofline_seconds(op: str, shape: LayerShape, tokens: int, tp: int, hw: Hardw
                work.bytes / (hw.mem_bandwidth * hw.bandwidth_efficiency))
 
 
-def validate(hardware: str, compute_dir: str | Path, gpu: Hardware | None = None) -> dict:
-    """Predicted against measured per operator, token count and TP for the GPU measured in
-    `compute_dir`: from a profile file (its curves; the residuals only on the GPU it was fitted
-    on) or from a named GPU's plain roofline."""
+def validate(hardware: str, compute_dir: str | Path, model: str, gpu: Hardware | None = None) -> dict:
+    """Predicted against measured per operator, token count and TP for `model` on the GPU
+    measured in `compute_dir`: from a profile file (its curves; the residuals only on the GPU it
+    was fitted on) or from a named GPU's plain roofline."""
     shape, samples = read_operators(compute_dir)
+    check_model(model, shape, compute_dir)
     if hardware.endswith(".json"):
         gpu = gpu or gpu_of_path(compute_dir)
         profile = GpuProfile.load(hardware)
-        if (profile.shape.hidden, profile.shape.ffn) != (shape.hidden, shape.ffn):
-            raise ProfileConfigError(f"{hardware} was fitted to another model (hidden {profile.shape.hidden}, "
-                                     f"FFN {profile.shape.ffn}); {compute_dir} has hidden {shape.hidden}, FFN {shape.ffn}")
+        if profile.model != model:
+            raise ProfileConfigError(f"{hardware} was fitted to another model ({profile.model}), not {model}")
         rows = profile.predict(samples, gpu)
         how = (f"fitted curves of {hardware} ({profile.hardware.name})"
                + (", with its residuals" if gpu.name == profile.hardware.name else

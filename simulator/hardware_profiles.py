@@ -102,6 +102,9 @@ MODELS = {m.name: m for m in (
     Model("llama-3-8b", layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, params=8.03e9,
           source="meta-llama/Meta-Llama-3-8B config.json (32 layers, hidden 4096, 32 heads, 8 KV "
                  "heads, FFN 14336, vocab 128256); 8.03 B parameters"),
+    Model("llama-2-7b", layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, params=6.74e9,
+          source="meta-llama/Llama-2-7b-hf config.json (32 layers, hidden 4096, 32 heads and KV heads, "
+                 "FFN 11008, vocab 32000); 6.74 B parameters"),
     Model("llama-3-70b", layers=80, hidden=8192, heads=64, kv_heads=8, head_dim=128, params=70.6e9,
           default_tp=4,
           source="meta-llama/Meta-Llama-3-70B config.json (80 layers, hidden 8192, 64 heads, 8 KV "

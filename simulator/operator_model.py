@@ -150,6 +150,12 @@ class OperatorFit:
         return t
 
 
+def gemm_seconds(fit: OperatorFit, m: float, k: float, n: float, hw: Hardware) -> float:
+    """Another GEMM (m x k by k x n) at a fitted GEMM's constants, without its residuals."""
+    work = OperatorWork(2 * m * k * n, BYTES * (k * n + m * k + m * n))
+    return float(_curve("gemm", fit.params, np.array([work.compute]), np.array([work.bytes]), hw)[0])
+
+
 def residual_curve(tokens: np.ndarray, log_error: np.ndarray) -> tuple[tuple, tuple]:
     """Median log error per octave of tokens (bins centred on powers of two)."""
     octave = np.round(np.log2(np.maximum(tokens, 1)))

@@ -7,7 +7,9 @@ or nothing does (None). Two models share that interface:
 - `Roofline`, for named GPUs and models (simulator/hardware_profiles.py): per kernel kind (weight
   GEMMs, attention), FLOPs at the share's compute rate against bytes (weights, KV) at a bandwidth
   that saturates at a fraction of the SMs; when both phases run and together want more compute or bandwidth than the device has,
-  both slow down by the excess.
+  both slow down by the excess. With a GPU profile (`--hardware FILE.json` from `semipd
+  calibrate-model --from-vidur`), the layers' linear and elementwise operators take the times of
+  its fitted curves (simulator/operator_model.py) instead, and its collectives the all-reduce.
 - `Fitted`, measured from a running engine by `semipd calibrate-model` (DistServe's forms:
   prefill a + b*tokens + c*pairs (+ d*cached context), decode a + b*context + c*batch; Amdahl
   scaling with the share;
@@ -17,10 +19,13 @@ or nothing does (None). Two models share that interface:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from simulator.gpu_profile import GpuProfile
 from simulator.hardware_profiles import HARDWARE, MODELS, Hardware, Model
+from simulator.network_model import pick
+from simulator.operator_model import gemm_seconds
 
 
 class ConfigError(ValueError):
@@ -34,6 +39,7 @@ class Work:
     prefill_context: int = 0    # cached tokens the new ones attend to (read from the KV cache)
     decode_batch: int = 0
     decode_context: int = 0     # sum of the decoding sequences' lengths
+    prefill_seqs: int = 0       # sequences prefilled (each needs its last token's logits)
 
     @property
     def tokens(self) -> int:
@@ -43,7 +49,7 @@ class Work:
 def prefill_work(chunks, decode_batch: int = 0, decode_context: int = 0) -> Work:
     """Work of a step computing `chunks` = [(new tokens, tokens already cached), ...]."""
     return Work(sum(n for n, _ in chunks), sum(n * (p + n / 2) for n, p in chunks),
-                sum(p for _, p in chunks), decode_batch, decode_context)
+                sum(p for _, p in chunks), decode_batch, decode_context, len(chunks))
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Roofline:
     # stages; the simulator keeps `pp` micro-batches in flight (one worker each) for throughput.
     pp: int = 1
     stage_link_bandwidth: float = 0.0  # bytes/s between stages; 0 = the hardware's NVLink
+    measured: GpuProfile | None = None  # fitted operator curves for the linear layers (and collectives)
+    _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # of _measured_layers_s
 
     @property
     def units(self) -> int:
@@ -113,19 +121,47 @@ class Roofline:
         byte_rate = h.mem_bandwidth * h.bandwidth_efficiency
         reach = min(1.0, share / h.bandwidth_saturation)
         t = compute = memory = 0.0
-        for flops, nbytes in self.operators(work):
-            t += max(flops / (flop_rate * share), nbytes / (byte_rate * reach))
+        for kind, (flops, nbytes) in zip(("gemm", "attention"), self.operators(work)):
+            if kind == "gemm" and self.measured is not None:
+                t += self._measured_layers_s(work, share, reach)
+            else:
+                t += max(flops / (flop_rate * share), nbytes / (byte_rate * reach))
             compute += flops / flop_rate
             memory += nbytes / byte_rate
         t = max(t, 1e-9)
         return t, compute / t, memory / t
+
+    def _measured_layers_s(self, work: Work, share: float, reach: float) -> float:
+        """The fitted curves' time for every layer's linear and elementwise operators, the
+        embedding and the LM head, on `share` of the SMs reaching `reach` of the bandwidth."""
+        tokens = max(work.tokens, 1)
+        logits = work.decode_batch + (work.prefill_seqs or (1 if work.prefill_tokens else 0))
+        key = (tokens, logits, share, reach)
+        if key not in self._memo:  # a simulation asks for the same few thousand steps again and again
+            h, profile = self.hardware, self.measured
+            part = replace(h, peak_flops=h.peak_flops * share, mem_bandwidth=h.mem_bandwidth * reach,
+                           sms=h.sms * share)
+            seconds = {fit.op: float(fit.seconds(profile.shape, tokens, self.tp, part)[0]) for fit in profile.operators}
+            # The LM head (not in Vidur's layer profile): hidden x vocab / tp for each token whose
+            # logits are needed, at the fitted constants of the MLP's up projection.
+            head = gemm_seconds(profile.operator("mlp_up_proj"), logits, profile.shape.hidden,
+                                profile.shape.vocab / self.tp, part)
+            emb = seconds.pop("emb", 0.0)
+            self._memo[key] = self.model.layers * sum(seconds.values()) + emb + head
+        return self._memo[key]
 
     def allreduce_s(self, tokens: int) -> float:
         if self.tp == 1:
             return 0.0
         h, m = self.hardware, self.model
         message = tokens * m.hidden * m.bytes_per_param
+        if self.measured is not None and self.measured.collectives:
+            fit = pick(list(self.measured.collectives), "all_reduce", self.tp, self._devices_per_node())
+            return 2 * m.layers * fit.seconds(message)
         return 2 * m.layers * (h.link_latency_s + 2 * (self.tp - 1) / self.tp * message / h.link_bandwidth)
+
+    def _devices_per_node(self) -> int:
+        return 8 if self.hardware.topology == "nvswitch" else 2 if self.hardware.topology == "pairwise-nvlink" else 1
 
     def stage_sends_s(self, tokens: int) -> float:
         """Pipeline parallelism: the step's activations (tokens x hidden) sent between stages."""
@@ -230,13 +266,20 @@ class Fitted:
 
 
 def build_model(hardware: str, model: str | None = None, tp: int | None = None, **options):
-    """A step-time model from names (Roofline) or from a calibrated profile file (Fitted);
-    ConfigError lists the valid names."""
+    """A step-time model from names (Roofline), from a GPU profile file (Roofline with its fitted
+    operator curves) or from an engine's calibrated profile file (Fitted); ConfigError lists the
+    valid names."""
     if hardware.endswith(".json"):
+        if profile_kind(hardware) == "gpu":
+            return gpu_profile_model(hardware, model, tp, **options)
         return Fitted.load(hardware)
     if hardware not in HARDWARE:
         raise ConfigError(f"unknown hardware {hardware!r}; valid: {', '.join(HARDWARE)}, "
                           f"or a profile .json written by `semipd calibrate-model`")
+    return Roofline(HARDWARE[hardware], *model_and_tp(model, tp), **options)
+
+
+def model_and_tp(model: str | None, tp: int | None) -> tuple[Model, int]:
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
     m = MODELS[model]
@@ -244,7 +287,24 @@ def build_model(hardware: str, model: str | None = None, tp: int | None = None, 
     if tp < 1 or m.heads % tp or (m.kv_heads % tp and tp % m.kv_heads):
         raise ConfigError(f"--tp {tp} does not divide {model}'s {m.heads} attention heads "
                           f"({m.kv_heads} KV heads)")
-    return Roofline(HARDWARE[hardware], m, tp, **options)
+    return m, tp
+
+
+def profile_kind(path: str) -> str | None:
+    try:
+        return json.loads(Path(path).read_text()).get("kind")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the profile {path}: {exc}") from None
+
+
+def gpu_profile_model(path: str, model: str | None, tp: int | None, **options) -> Roofline:
+    try:
+        profile = GpuProfile.load(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if model and model != profile.model:
+        raise ConfigError(f"{path} is fitted to {profile.model}, not {model}: drop --model or fit a profile for it")
+    return Roofline(profile.hardware, *model_and_tp(profile.model, tp), measured=profile, **options)
 
 
 def describe_profiles() -> str:

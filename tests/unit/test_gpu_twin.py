@@ -24,9 +24,10 @@ def llama2_a100():
     return calibrate_from_vidur(A100_LLAMA2, "llama-2-7b", HARDWARE["a100-80gb"])
 
 
-@pytest.mark.parametrize("model", ["Llama-2-7b-hf", "Meta-Llama-3-8B", "Meta-Llama-3-70B"])
-def test_fitted_curves_reproduce_the_a100_points_they_came_from(model):
-    profile = calibrate_from_vidur(A100 / model, model, HARDWARE["a100-80gb"])
+@pytest.mark.parametrize("directory, model", [("Llama-2-7b-hf", "llama-2-7b"), ("Meta-Llama-3-8B", "llama-3-8b"),
+                                              ("Meta-Llama-3-70B", "llama-3-70b")])
+def test_fitted_curves_reproduce_the_a100_points_they_came_from(directory, model):
+    profile = calibrate_from_vidur(A100 / directory, model, HARDWARE["a100-80gb"])
     error = profile.fit_error["operators"]
     assert error["median_rel_error"] <= 0.05, error
     for op in ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj"):
@@ -36,12 +37,12 @@ def test_fitted_curves_reproduce_the_a100_points_they_came_from(model):
 def test_the_a40_is_predicted_from_its_datasheet_through_the_a100_curves(llama2_a100, tmp_path):
     path = tmp_path / "a100.json"
     llama2_a100.save(path)
-    report = validate(str(path), A40_LLAMA2)
+    report = validate(str(path), A40_LLAMA2, "llama-2-7b")
     assert report["gpu"] == "a40" and "datasheet" in report["predicted_by"]
     assert report["median_rel_error"] <= 0.10, report["per_operator"]
     # the A100's residual curves stay on the A100: without them the A40 error is the same
     assert all(abs(r["rel_error"]) < 5 for r in report["rows"])
-    plain = validate("a40", A40_LLAMA2)  # the roofline the curves replace: no elementwise operators
+    plain = validate("a40", A40_LLAMA2, "llama-2-7b")  # the roofline the curves replace: no elementwise operators
     assert plain["median_rel_error"] > report["median_rel_error"]
     assert plain["per_operator"]["add"]["median_rel_error"] == pytest.approx(1.0)
 
@@ -71,7 +72,7 @@ def test_the_commands_fit_and_validate_a_profile(tmp_path):
     wrong = subprocess.run([*semipd, "validate-profile", "--hardware", str(out), "--vidur",
                             str(A100 / "Meta-Llama-3-70B"), "--model", "llama-3-70b"],
                            capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "another model" in wrong.stderr
+    assert wrong.returncode == 2 and "another model (llama-2-7b)" in wrong.stderr
 
 
 def test_bad_inputs_get_clear_errors(tmp_path):
@@ -82,7 +83,9 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot tell which GPU"):
         gpu_of_path(tmp_path)
     with pytest.raises(ValueError, match="unknown GPU 'b200'; valid: a100-80gb"):
-        validate("b200", A100_LLAMA2)
+        validate("b200", A100_LLAMA2, "llama-2-7b")
+    with pytest.raises(ValueError, match="measured another model than llama-3-8b"):
+        calibrate_from_vidur(A100_LLAMA2, "llama-3-8b", HARDWARE["a100-80gb"])
     with pytest.raises(ProfileError, match="no all_reduce.csv"):
         read_collectives(tmp_path)
 
@@ -97,3 +100,20 @@ def test_collectives_fit_latency_and_bus_bandwidth_per_topology(topology):
     across = [f for f in fits if f.collective == "all_reduce" and f.workers == 2 and f.devices_per_node == 1]
     if within and across:  # NVLink inside a node is faster than the network between nodes
         assert within[0].bus_bandwidth > 5 * across[0].bus_bandwidth
+
+
+def test_the_simulator_takes_a_gpu_profile_as_hardware(llama2_a100, tmp_path):
+    from simulator.perf_model import ConfigError, Work, build_model, prefill_work
+
+    path = tmp_path / "a100.json"
+    llama2_a100.save(path)
+    fitted, plain = build_model(str(path), None, 1), build_model("a100-80gb", "llama-2-7b", 1)
+    assert fitted.measured is not None and fitted.model.name == "llama-2-7b"
+    for work in (prefill_work([(2048, 0)]), Work(decode_batch=32, decode_context=32 * 1000)):
+        t_fitted, t_plain = fitted.step_time(work, 1.0), plain.step_time(work, 1.0)
+        assert 0.5 * t_plain < t_fitted < 2 * t_plain  # the same order: the fitted curves add what the roofline lacks
+        assert fitted.step_time(work, 0.5) > t_fitted  # fewer SMs: slower
+    # the measured curves are longer than the plain roofline at 2048 prefill tokens (norms, rotary, adds)
+    assert fitted.step_time(prefill_work([(2048, 0)]), 1.0) > plain.step_time(prefill_work([(2048, 0)]), 1.0)
+    with pytest.raises(ConfigError, match="fitted to llama-2-7b, not llama-3-8b"):
+        build_model(str(path), "llama-3-8b", 1)
