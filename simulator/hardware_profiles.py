@@ -53,6 +53,8 @@ class Model:
     attn_flops_per_pair: float = 0.0  # per layer and (query, key) pair; 0 = 4 * heads * head_dim
     default_tp: int = 1
     bytes_per_param: int = 2
+    vocab: int = 0              # 0: the embedding and LM head are counted as layers (per token)
+    tied_embeddings: bool = False  # one matrix for the embedding and the LM head
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -60,8 +62,20 @@ class Model:
         return self.layers * per_layer * self.bytes_per_param
 
     @property
+    def head_params(self) -> float:
+        return self.vocab * self.hidden
+
+    @property
     def flops_per_token(self) -> float:
-        return 2 * (self.active_params or self.params)
+        """In the layers: the embedding is a lookup and the LM head runs only where logits are
+        needed (gemm_flops)."""
+        embeddings = self.head_params * (1 if self.tied_embeddings else 2)
+        return 2 * ((self.active_params or self.params) - embeddings)
+
+    def gemm_flops(self, tokens: float, logits: float) -> float:
+        """Weight-GEMM FLOPs of a step over `tokens` tokens, `logits` of which need logits (the
+        last token of each prefilled sequence, every decoded one)."""
+        return self.flops_per_token * tokens + 2 * self.head_params * logits
 
     @property
     def pair_flops(self) -> float:
@@ -100,22 +114,24 @@ HARDWARE = {h.name: h for h in (
 
 MODELS = {m.name: m for m in (
     Model("llama-3-8b", layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, params=8.03e9,
+          vocab=128256,
           source="meta-llama/Meta-Llama-3-8B config.json (32 layers, hidden 4096, 32 heads, 8 KV "
                  "heads, FFN 14336, vocab 128256); 8.03 B parameters"),
-    Model("llama-2-7b", layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, params=6.74e9,
+    Model("llama-2-7b", layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, params=6.74e9, vocab=32000,
           source="meta-llama/Llama-2-7b-hf config.json (32 layers, hidden 4096, 32 heads and KV heads, "
                  "FFN 11008, vocab 32000); 6.74 B parameters"),
     Model("llama-3-70b", layers=80, hidden=8192, heads=64, kv_heads=8, head_dim=128, params=70.6e9,
-          default_tp=4,
+          default_tp=4, vocab=128256,
           source="meta-llama/Meta-Llama-3-70B config.json (80 layers, hidden 8192, 64 heads, 8 KV "
                  "heads, FFN 28672); 70.6 B parameters; TP4 as in the semi-PD paper"),
     Model("deepseek-v2-lite", layers=27, hidden=2048, heads=16, kv_heads=1, head_dim=192,
           params=15.7e9, active_params=2.4e9, routed_params=14.0e9, experts=64, top_k=6,
-          kv_elements_per_layer=512 + 64, attn_flops_per_pair=2 * 16 * (192 + 128),
+          kv_elements_per_layer=512 + 64, attn_flops_per_pair=2 * 16 * (192 + 128), vocab=102400,
           source="deepseek-ai/DeepSeek-V2-Lite config.json (27 layers, hidden 2048, 16 heads, MLA "
                  "kv_lora_rank 512 + rope 64 cached per token, 64 routed experts top-6 of size "
                  "1408 in 26 layers); 15.7 B total, 2.4 B active parameters"),
     Model("opt-13b", layers=40, hidden=5120, heads=40, kv_heads=40, head_dim=128, params=12.85e9,
+          vocab=50272, tied_embeddings=True,
           source="facebook/opt-13b config.json (40 layers, hidden 5120, 40 heads, FFN 20480, "
-                 "vocab 50272); 12.85 B parameters"),
+                 "vocab 50272, word embeddings tied to the LM head); 12.85 B parameters"),
 )}

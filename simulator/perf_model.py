@@ -45,6 +45,11 @@ class Work:
     def tokens(self) -> int:
         return self.prefill_tokens + self.decode_batch
 
+    @property
+    def logits(self) -> int:
+        """Tokens whose logits the step computes: each decoded one, each prefilled sequence's last."""
+        return self.decode_batch + (self.prefill_seqs or (1 if self.prefill_tokens else 0))
+
 
 def prefill_work(chunks, decode_batch: int = 0, decode_context: int = 0) -> Work:
     """Work of a step computing `chunks` = [(new tokens, tokens already cached), ...]."""
@@ -108,7 +113,7 @@ class Roofline:
         """(FLOPs, bytes) per device of the step's two kinds of kernels, which run one after the
         other: the weight GEMMs over all its tokens, and attention over the KV cache."""
         m = self.model
-        gemm = (m.flops_per_token * work.tokens, m.weight_bytes_read(work.tokens))
+        gemm = (m.gemm_flops(work.tokens, work.logits), m.weight_bytes_read(work.tokens))
         attention = (m.pair_flops * (work.prefill_pairs + work.decode_context),
                      m.kv_bytes_per_token * (work.tokens + work.prefill_context + work.decode_context))
         return [(f / self.tp, b / self.tp) for f, b in (gemm, attention)]
@@ -134,8 +139,7 @@ class Roofline:
     def _measured_layers_s(self, work: Work, share: float, reach: float) -> float:
         """The fitted curves' time for every layer's linear and elementwise operators, the
         embedding and the LM head, on `share` of the SMs reaching `reach` of the bandwidth."""
-        tokens = max(work.tokens, 1)
-        logits = work.decode_batch + (work.prefill_seqs or (1 if work.prefill_tokens else 0))
+        tokens, logits = max(work.tokens, 1), work.logits
         key = (tokens, logits, share, reach)
         if key not in self._memo:  # a simulation asks for the same few thousand steps again and again
             h, profile = self.hardware, self.measured
