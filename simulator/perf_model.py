@@ -225,6 +225,9 @@ class Fitted:
     devices: int = 1
     source: str = ""
     fit_error: dict = field(default_factory=dict)
+    # decode batches of at least `large_batch` requests use these instead (DistServe fits two sets)
+    decode_large: tuple = ()  # ((share, (a, b, c)), ...)
+    large_batch: int = 0
 
     def check_fits(self, weight_copies: int = 1) -> None:
         if self.kv_capacity < 1:
@@ -240,7 +243,8 @@ class Fitted:
             t += slow[0] * by_share(self.prefill, (1.0, work.prefill_tokens, work.prefill_pairs,
                                                    work.prefill_context), share)
         if work.decode_batch:
-            t += slow[1] * by_share(self.decode, (1.0, work.decode_context, work.decode_batch), share)
+            decode = self.decode_large if self.decode_large and work.decode_batch >= self.large_batch else self.decode
+            t += slow[1] * by_share(decode, (1.0, work.decode_context, work.decode_batch), share)
             t += self.decode_gap_s
         if work.prefill_tokens and work.decode_batch:  # one step, one fixed cost
             t -= min(by_share(self.prefill, (1, 0, 0, 0), share), by_share(self.decode, (1, 0, 0), share))
@@ -262,8 +266,8 @@ class Fitted:
             raise ConfigError(f"cannot read the calibrated profile {path}: {exc}") from None
         if data.pop("kind", None) != "fitted":
             raise ConfigError(f"{path} is not a profile written by `semipd calibrate-model`")
-        for key in ("prefill", "decode"):
-            data[key] = tuple((share, tuple(coef)) for share, coef in data[key])
+        for key in ("prefill", "decode", "decode_large"):
+            data[key] = tuple((share, tuple(coef)) for share, coef in data.get(key, ()))
         for key in ("contention", "oversubscribed"):
             data[key] = tuple(data[key])
         return cls(**data)

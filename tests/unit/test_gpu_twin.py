@@ -117,3 +117,25 @@ def test_the_simulator_takes_a_gpu_profile_as_hardware(llama2_a100, tmp_path):
     assert fitted.step_time(prefill_work([(2048, 0)]), 1.0) > plain.step_time(prefill_work([(2048, 0)]), 1.0)
     with pytest.raises(ConfigError, match="fitted to llama-2-7b, not llama-3-8b"):
         build_model(str(path), "llama-3-8b", 1)
+
+
+def test_distserves_fitted_latency_models_are_step_time_models():
+    from simulator.distserve_profiles import distserve_model
+    from simulator.perf_model import ConfigError, Work, prefill_work
+
+    directory = PROFILES.parent / "distserve"
+    fit = json.loads((directory / "profiler-a100-80g.distserve.json").read_text())["facebook/opt-13b"]["1"]
+    model = distserve_model(directory, "distserve", "opt-13b", 1)
+    a, b, c = fit["prefill"]
+    assert model.step_time(prefill_work([(1000, 0)]), 1.0) * 1e3 == pytest.approx(a + b * 1000 + c * 1000 ** 2)
+    for batch, key in ((8, "decoding_smallbs"), (200, "decoding_largebs")):
+        a, b, c = fit[key]
+        assert model.step_time(Work(decode_batch=batch, decode_context=batch * 500), 1.0) * 1e3 == \
+            pytest.approx(a + b * batch * 500 + c * batch)
+    assert model.kv_capacity == 66144  # max_num_tokens.csv, OPT-13B TP1 PP1
+    vllm = distserve_model(directory, "vllm", "opt-13b", 1)
+    assert vllm.step_time(prefill_work([(1000, 0)]), 1.0) != model.step_time(prefill_work([(1000, 0)]), 1.0)
+    with pytest.raises(ConfigError, match="not 3"):
+        distserve_model(directory, "vllm", "opt-13b", 3)
+    with pytest.raises(ConfigError, match="DistServe fits no 'llama-3-8b'"):
+        distserve_model(directory, "vllm", "llama-3-8b", 1)
