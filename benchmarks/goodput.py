@@ -103,7 +103,9 @@ def one_run(url: str, system: str, requests, rate: float, seed: int, slo: dict, 
         link = worker_link(url)
         worker = {key: link[key] - link_before.get(key, 0) for key in ("batches", "pipelined", "idle_with_work_s")}
         worker["seconds"] = time.time() - since
-    return {"system": system, "rate": rate, "seed": seed, "moves": moves, "loop": loop, "worker": worker, **summary}
+    errors = sorted({r.error for r in records if not r.ok})  # kept: a failure is never silent
+    return {"system": system, "rate": rate, "seed": seed, "moves": moves, "loop": loop, "worker": worker,
+            "errors": errors, **summary}
 
 
 def worker_link(url: str) -> dict:
@@ -235,7 +237,8 @@ def main() -> int:
                               f"(TTFT {run['ttft_attainment']:6.1%}, TPOT {run['tpot_attainment']:6.1%}), p90 TTFT "
                               f"{run['ttft_p90_s'] * 1e3:6.0f} ms, p90 TPOT {run['tpot_p90_s'] * 1e3:6.1f} ms, "
                               f"mean E2E {run['e2e_mean_s']:.2f} s, failed {run['failed']}"
-                              + (f", moves {run['moves']}" if run["moves"] is not None else ""), flush=True)
+                              + (f", moves {run['moves']}" if run["moves"] is not None else "")
+                              + (f", errors {run['errors']}" if run["errors"] else ""), flush=True)
     summary = report(runs, rates, chosen, slo)
     (out / "results.json").write_text(json.dumps({"slo": slo, "runs": runs, **summary}, indent=2, default=str))
     print(f"\nruns and summary: {out / 'results.json'}; server logs in {work}")

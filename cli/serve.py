@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lend-idle-cores", action="store_true",
                         help="semi-pd on CPU: a worker that will be idle during the other's next "
                              "step lends it its cores for that step")
+    parser.add_argument("--prefill-pipeline", type=int, choices=(1, 2), default=2, metavar="{1,2}",
+                        help="semi-pd: batches the prefill worker may hold; 2 (default) hands it the next "
+                             "batch while it runs one, 1 waits for the owner's next loop (for comparison)")
     parser.add_argument("--tp-overlap", nargs="?", const="auto", metavar="GROUPS",
                         help="with --tp-size > 1: overlap each o_proj / down_proj GEMM with its "
                              "all-reduce, group of output rows by group; GROUPS is 'auto' (tuned per "
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
                   "backends)", file=sys.stderr)
             return 2
         try:
-            control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores)
+            control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
+                                                  args.prefill_pipeline)
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2

@@ -42,8 +42,8 @@ from engine.partition.cpu import CpuCores
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
-from engine.semipd.prefill_worker import PrefillLink, WorkerDied, mailboxes
-from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_SPLIT
+from engine.semipd.prefill_worker import PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
+from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_SPLIT
 from engine.semipd.shared_storage import SharedStorage
 from engine.sglang_seams import inject_forward
 
@@ -82,7 +82,8 @@ class SemiPDScheduler(Scheduler):
         self.control = ControlServer(os.environ[ENV_CONTROL])
 
     def _start_worker(self, threads: int) -> PrefillLink:
-        return PrefillLink(self._server_args, self._semipd_storage, threads, self._mailboxes)
+        return PrefillLink(self._server_args, self._semipd_storage, threads, self._mailboxes,
+                           depth=int(os.environ.get(ENV_PIPELINE, PIPELINE_DEPTH)))
 
     @property
     def unified(self) -> bool:

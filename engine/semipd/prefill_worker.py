@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 # tensors are a few int64 per token; logits are (requests in the batch) x vocabulary x 4 bytes.
 BATCH_MAILBOX_BYTES = 64 << 20
 LOGITS_MAILBOX_BYTES = 256 << 20
-PIPELINE_DEPTH = 2  # batches the worker may hold: the one it runs and the next
+PIPELINE_DEPTH = 2  # at most, batches the worker may hold: the one it runs and the next
 
 
 class WorkerDied(RuntimeError):
@@ -192,10 +192,13 @@ class PrefillLink:
     time the worker sat idle while a request of its next batch was already queued
     (`idle_with_work_s`), the cost the pipeline removes."""
 
-    def __init__(self, server_args, storage, threads: int, slots: list[tuple[Mailbox, Mailbox]]):
+    def __init__(self, server_args, storage, threads: int, slots: list[tuple[Mailbox, Mailbox]],
+                 depth: int = PIPELINE_DEPTH):
         import multiprocessing
 
-        self.slots = slots
+        if not 1 <= depth <= len(slots):
+            raise ValueError(f"prefill pipeline depth {depth} is out of range 1..{len(slots)}")
+        self.slots, self.depth = slots, depth
         self.endpoint = f"ipc://{storage.directory}/prefill-{time.monotonic_ns()}.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.bind(self.endpoint)
@@ -238,7 +241,7 @@ class PrefillLink:
 
     @property
     def has_room(self) -> bool:
-        return len(self.inflight) < PIPELINE_DEPTH
+        return len(self.inflight) < self.depth
 
     def inflight_reqs(self) -> list:
         return [req for held in self.inflight for req in held.batch.reqs]

@@ -14,9 +14,11 @@ ENV_SPLIT = "SEMIPD_SPLIT"
 ENV_CONTROL = "SEMIPD_CONTROL_ENDPOINT"
 ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
 ENV_FRONTEND = "SEMIPD_FRONTEND_CORES"
+ENV_PIPELINE = "SEMIPD_PREFILL_PIPELINE"
 
 
-def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all") -> str:
+def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
+              prefill_pipeline: int = 2) -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range."""
@@ -29,6 +31,7 @@ def configure(split_text: str, port: int, lend_idle_cores: bool = False, fronten
     os.environ[ENV_CONTROL] = endpoint
     os.environ[ENV_LEND_IDLE] = "1" if lend_idle_cores else "0"
     os.environ[ENV_FRONTEND] = frontend_cores
+    os.environ[ENV_PIPELINE] = str(prefill_pipeline)
     return endpoint
 
 

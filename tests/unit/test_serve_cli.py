@@ -31,3 +31,5 @@ def test_bad_split_and_bad_model_fail_before_starting(tmp_path):
     assert garbled.returncode == 2 and "not two integers" in garbled.stderr
     missing = serve("--model", str(tmp_path), "--dry-run")
     assert missing.returncode == 2 and "not a model folder" in missing.stderr
+    deep = serve("--mode", "semi-pd", "--prefill-pipeline", "3", "--dry-run")
+    assert deep.returncode == 2 and "--prefill-pipeline" in deep.stderr and "choose from 1, 2" in deep.stderr
