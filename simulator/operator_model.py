@@ -84,10 +84,11 @@ def _curve(kind: str, params, compute: np.ndarray, nbytes: np.ndarray, hw: Hardw
 # kernel reaches at least half the bandwidth, so its eta_m is held in [0.5, 1] and what is slower
 # than that is counted as per-element work (the embedding lookup, at 7% of the A100's bandwidth).
 def _to_params(kind: str, x: np.ndarray) -> tuple:
-    efficiency = lambda v: 1 / (1 + math.exp(-v))
+    exp = lambda v: float(np.exp(v))  # inf rather than an exception where a trial step overshoots
+    efficiency = lambda v: 1 / (1 + exp(-v))
     if kind == "gemm":
-        return math.exp(x[0]) * 1e-6, efficiency(x[1]), efficiency(x[2]), 1 + math.exp(x[3])
-    return math.exp(x[0]) * 1e-6, math.exp(x[1]), 0.5 + 0.5 * efficiency(x[2]), math.exp(x[3])
+        return exp(x[0]) * 1e-6, efficiency(x[1]), efficiency(x[2]), 1 + exp(x[3])
+    return exp(x[0]) * 1e-6, exp(x[1]), 0.5 + 0.5 * efficiency(x[2]), exp(x[3])
 
 
 def _logit(p: float) -> float:
@@ -101,7 +102,12 @@ _START = {"gemm": np.array([math.log(2.0), _logit(0.7), _logit(0.8), math.log(0.
 
 def fit_least_squares(residuals, x0: np.ndarray, iterations: int = 200) -> np.ndarray:
     """Levenberg-Marquardt on a vector of residuals (numeric Jacobian): small problems only."""
-    x, lam = np.asarray(x0, float), 1e-3
+    with np.errstate(all="ignore"):  # a trial step may overflow: its cost is then not finite, and refused
+        return _levenberg_marquardt(residuals, np.asarray(x0, float), iterations)
+
+
+def _levenberg_marquardt(residuals, x: np.ndarray, iterations: int) -> np.ndarray:
+    lam = 1e-3
     r = residuals(x)
     cost = float(r @ r)
     for _ in range(iterations):

@@ -301,6 +301,30 @@ def test_the_next_prefill_is_formed_while_the_worker_runs_one(semipd_server, tin
         assert got == greedy_tokens(tiny_model, prompt, new_tokens)
 
 
+def test_switching_to_unified_with_two_batches_handed_over_loses_nothing(semipd_server, tiny_model, restore_split):
+    n = len(CORES)
+    before = workers(semipd_server)["link"]["pipelined"]
+    prompts = [prompt_ids(64, seed=7000 + i) for i in range(24)]  # one chunk each: pipelined
+    new_tokens = 24
+    done = threading.Event()
+
+    def flip():
+        i = 0
+        while not done.is_set():
+            assert set_split(semipd_server, *((n, n) if i % 2 else (1, 1))).status_code == 200
+            i += 1
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(len(prompts) + 1) as pool:
+        flipper = pool.submit(flip)
+        outputs = list(pool.map(lambda p: generate_ids(semipd_server.url, p, new_tokens), prompts))
+        done.set()
+        flipper.result()
+    assert workers(semipd_server)["link"]["pipelined"] > before
+    for prompt, got in zip(prompts, outputs):
+        assert got == greedy_tokens(tiny_model, prompt, new_tokens)
+
+
 def test_the_loop_breakdown_names_where_the_owner_spends_its_time(semipd_server):
     since = time.time()
     asyncio.run(run_concurrently(semipd_server.url, [prompt_ids(200, seed=s) for s in range(4)], 16))
