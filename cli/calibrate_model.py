@@ -67,9 +67,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     except Exception as exc:  # an engine without /semipd/ routes answers 404
         print(f"semipd calibrate-model: {url} is not a semi-pd engine ({exc})", file=sys.stderr)
         return 2
-    profile.save(args.out)
-    if args.json:
-        print(open(args.out).read())
+    if saved_as_json(profile, args):
         return 0
     ms = lambda v: f"{v * 1e3:.3f} ms"
     print(f"wrote {args.out}: {profile.source}")
@@ -101,9 +99,7 @@ def run_from_vidur(args: argparse.Namespace) -> int:
     except (ValueError, OSError, KeyError) as exc:  # ProfileError and ProfileConfigError are ValueErrors
         print(f"semipd calibrate-model: {exc}", file=sys.stderr)
         return 2
-    profile.save(args.out)
-    if args.json:
-        print(open(args.out).read())
+    if saved_as_json(profile, args):
         return 0
     error = profile.fit_error["operators"]
     print(f"wrote {args.out}: {profile.source}")
@@ -119,3 +115,11 @@ def run_from_vidur(args: argparse.Namespace) -> int:
         print(f"  collectives: median error {profile.fit_error['collectives']['median_rel_error']:.1%}")
     print(f"  check: semipd validate-profile --hardware {args.out} --vidur DIR --model {args.model}")
     return 0
+
+
+def saved_as_json(profile, args: argparse.Namespace) -> bool:
+    """Write the profile to --out; with --json also print it (and nothing else)."""
+    profile.save(args.out)
+    if args.json:
+        print(open(args.out).read())
+    return args.json

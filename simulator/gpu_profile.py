@@ -59,12 +59,15 @@ class GpuProfile:
             raise ProfileConfigError(f"cannot read the GPU profile {path}: {exc}") from None
         if data.pop("kind", None) != "gpu":
             raise ProfileConfigError(f"{path} is not a GPU profile written by `semipd calibrate-model --from-vidur`")
-        operators = tuple(OperatorFit(f["op"], f["kind"], tuple(f["params"]), f["fitted_on"],
-                                      {int(tp): (tuple(c[0]), tuple(c[1])) for tp, c in f["residuals"].items()})
-                          for f in data.pop("operators"))
-        return cls(hardware=Hardware(**data.pop("hardware")), shape=LayerShape(**data.pop("shape")),
-                   operators=operators, collectives=tuple(CollectiveFit(**c) for c in data.pop("collectives")),
-                   **data)
+        try:
+            operators = tuple(OperatorFit(f["op"], f["kind"], tuple(f["params"]), f["fitted_on"],
+                                          {int(tp): (tuple(c[0]), tuple(c[1])) for tp, c in f["residuals"].items()})
+                              for f in data.pop("operators"))
+            return cls(hardware=Hardware(**data.pop("hardware")), shape=LayerShape(**data.pop("shape")),
+                       operators=operators, collectives=tuple(CollectiveFit(**c) for c in data.pop("collectives")),
+                       **data)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ProfileConfigError(f"{path} is a damaged GPU profile ({type(exc).__name__}: {exc})") from None
 
 
 def hardware_named(name: str) -> Hardware:

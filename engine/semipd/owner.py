@@ -161,7 +161,11 @@ class SemiPDScheduler(Scheduler):
                 self.partition.lend("decode", False, self._workers)
                 self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
             with timer.phase("prefill hand-off"):
-                self._launch_prefill(prefill)
+                try:
+                    self._launch_prefill(prefill)
+                except WorkerDied as exc:
+                    self._worker_died(exc)
+                    return
         if decode_batch is None:
             with timer.phase("formation"):
                 decode_batch = self._next_decode_batch()

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 # tensors are a few int64 per token; logits are (requests in the batch) x vocabulary x 4 bytes.
 BATCH_MAILBOX_BYTES = 64 << 20
 LOGITS_MAILBOX_BYTES = 256 << 20
+# A PAIR socket's send blocks while no peer is connected: a dead worker must not hang the owner.
+SEND_TIMEOUT_MS = 2000
 PIPELINE_DEPTH = 2  # at most, batches the worker may hold: the one it runs and the next
 
 
@@ -201,6 +203,7 @@ class PrefillLink:
         self.slots, self.depth = slots, depth
         self.endpoint = f"ipc://{storage.directory}/prefill-{time.monotonic_ns()}.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         self.sock.bind(self.endpoint)
         self.process = multiprocessing.get_context("spawn").Process(
             target=run_prefill_worker, args=(server_args, str(storage.directory), self.endpoint, threads),
@@ -247,17 +250,27 @@ class PrefillLink:
         return [req for held in self.inflight for req in held.batch.reqs]
 
     def launch(self, batch, forward_batch, queued_since: float) -> None:
-        """Send a batch; `queued_since` is the wall time its oldest request has waited since."""
+        """Send a batch; `queued_since` is the wall time its oldest request has waited since.
+        WorkerDied (holding this batch too) when the worker is gone."""
         if not self.has_room:
             raise RuntimeError(f"the prefill worker already holds {len(self.inflight)} batches")
         self.seq += 1
+        held = Inflight(self.seq, batch, forward_batch, queued_since)
+        if not self.process.is_alive():
+            raise WorkerDied(f"the prefill worker exited (code {self.process.exitcode}) before batch "
+                             f"{self.seq}", [*self.inflight, held])
         batch_box, _ = self.slots[self.seq % len(self.slots)]
         payload = forward_payload(forward_batch, batch_box)
+        try:
+            sent = send(self.sock, ForwardRequest(self.seq, payload))
+        except zmq.Again:
+            raise WorkerDied(f"the prefill worker took no batch for {SEND_TIMEOUT_MS} ms (exit code "
+                             f"{self.process.exitcode})", [*self.inflight, held]) from None
         self.stats["inline_tensors"] += inline_tensors(payload)
-        self.stats["bytes_sent"] += send(self.sock, ForwardRequest(self.seq, payload))
+        self.stats["bytes_sent"] += sent
         self.stats["batches"] += 1
         self.stats["pipelined"] += bool(self.inflight)
-        self.inflight.append(Inflight(self.seq, batch, forward_batch, queued_since))
+        self.inflight.append(held)
 
     def poll(self, timeout_ms: int = 0):
         """The oldest finished (batch, forward_batch, result), or None while the worker is busy.
@@ -296,7 +309,10 @@ class PrefillLink:
         self.sock.poll(timeout_ms)
 
     def set_threads(self, threads: int) -> None:
-        send(self.sock, SetThreads(threads))
+        try:
+            send(self.sock, SetThreads(threads))
+        except zmq.Again:  # the worker is gone: the next launch or poll says so
+            logger.warning("the prefill worker did not take a thread count of %d", threads)
 
     def stop(self) -> None:
         """End the worker (if it still runs) and close the socket."""

@@ -32,6 +32,26 @@ def workers(server):
     return httpx.get(server.url + "/semipd/workers", timeout=30).json()
 
 
+def generate_while_moving(server, prompts, new_tokens: int, splits, pause_s: float) -> list:
+    """Greedy outputs of `prompts`, sent concurrently while another thread cycles through
+    `splits` every `pause_s` until they are all done."""
+    done = threading.Event()
+
+    def move():
+        i = 0
+        while not done.is_set():
+            assert set_split(server, *splits[i % len(splits)]).status_code == 200
+            i += 1
+            time.sleep(pause_s)
+
+    with ThreadPoolExecutor(len(prompts) + 1) as pool:
+        mover = pool.submit(move)
+        outputs = list(pool.map(lambda p: generate_ids(server.url, p, new_tokens), prompts))
+        done.set()
+        mover.result()
+    return outputs
+
+
 @pytest.fixture
 def restore_split(semipd_server):
     yield
@@ -47,21 +67,7 @@ def test_greedy_output_survives_repartitions_mid_generation(semipd_server, tiny_
     before = len(get_split(semipd_server)["history"])
     prompts = [prompt_ids(n, seed=1000 + n) for n in (5, 70, 150, 400)]
     new_tokens = 240
-    done = threading.Event()
-
-    def flip():
-        splits = [(2, 1), (1, 2), (2, 2), (1, 1)]
-        i = 0
-        while not done.is_set():
-            assert set_split(semipd_server, *splits[i % len(splits)]).status_code == 200
-            i += 1
-            time.sleep(0.01)
-
-    with ThreadPoolExecutor(len(prompts) + 1) as pool:
-        flipper = pool.submit(flip)
-        outputs = list(pool.map(lambda p: generate_ids(semipd_server.url, p, new_tokens), prompts))
-        done.set()
-        flipper.result()
+    outputs = generate_while_moving(semipd_server, prompts, new_tokens, [(2, 1), (1, 2), (2, 2), (1, 1)], 0.01)
     assert len(get_split(semipd_server)["history"]) - before >= 4  # the split did move meanwhile
     for prompt, got in zip(prompts, outputs):
         assert got == greedy_tokens(tiny_model, prompt, new_tokens)
@@ -306,20 +312,7 @@ def test_switching_to_unified_with_two_batches_handed_over_loses_nothing(semipd_
     before = workers(semipd_server)["link"]["pipelined"]
     prompts = [prompt_ids(64, seed=7000 + i) for i in range(24)]  # one chunk each: pipelined
     new_tokens = 24
-    done = threading.Event()
-
-    def flip():
-        i = 0
-        while not done.is_set():
-            assert set_split(semipd_server, *((n, n) if i % 2 else (1, 1))).status_code == 200
-            i += 1
-            time.sleep(0.05)
-
-    with ThreadPoolExecutor(len(prompts) + 1) as pool:
-        flipper = pool.submit(flip)
-        outputs = list(pool.map(lambda p: generate_ids(semipd_server.url, p, new_tokens), prompts))
-        done.set()
-        flipper.result()
+    outputs = generate_while_moving(semipd_server, prompts, new_tokens, [(1, 1), (n, n)], 0.05)
     assert workers(semipd_server)["link"]["pipelined"] > before
     for prompt, got in zip(prompts, outputs):
         assert got == greedy_tokens(tiny_model, prompt, new_tokens)
@@ -374,3 +367,11 @@ def test_a_killed_prefill_worker_loses_no_request_and_is_replaced(own_server, ti
     assert pids["prefill"] != old and not state["unified"] and state["split"] == {"prefill": 1, "decode": 1}
     ids = prompt_ids(500, seed=5999)
     assert generate_ids(own_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
+    # Killed while idle: the owner finds out when it hands over the next batch, not by hanging.
+    idle_worker = pids["prefill"]
+    os.kill(idle_worker, signal.SIGKILL)
+    time.sleep(0.5)
+    ids = prompt_ids(300, seed=5998)
+    assert generate_ids(own_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
+    deaths = [h for h in get_split(own_server)["history"] if "prefill worker died" in h["who"]]
+    assert len(deaths) == 2 and "before batch" in deaths[-1]["who"], deaths

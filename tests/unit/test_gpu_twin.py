@@ -88,6 +88,10 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         calibrate_from_vidur(A100_LLAMA2, "llama-3-8b", HARDWARE["a100-80gb"])
     with pytest.raises(ProfileError, match="no all_reduce.csv"):
         read_collectives(tmp_path)
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"kind": "gpu", "model": "llama-2-7b"}')
+    with pytest.raises(ValueError, match="damaged GPU profile"):
+        GpuProfile.load(damaged)
 
 
 @pytest.mark.parametrize("topology", ["a100_dgx", "a100_pairwise_nvlink"])

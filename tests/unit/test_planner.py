@@ -198,7 +198,7 @@ BASE = ["plan", "--model", "llama-3-8b", "--hardware", "h100", "--workload",
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"--model": "gpt-5"}, "valid: llama-3-8b"), ({"--hardware": "a100"}, "valid: a100-80gb, h100, h200"),
+    ({"--model": "gpt-5"}, "valid: llama-3-8b"), ({"--hardware": "a100"}, "valid: a100-80gb, a40, h100, h200"),
     ({"--devices": "0"}, "from 1 to 1024"), ({"--devices": "2.5"}, "whole number from 1 to 1024"),
     ({"--ttft-slo": "0"}, "--ttft-slo must be positive"), ({"--tpot-slo": "-1"}, "--tpot-slo must be positive"),
     ({"--attainment": "0"}, "(0, 1]"), ({"--attainment": "1.2"}, "(0, 1]"),

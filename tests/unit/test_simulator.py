@@ -209,8 +209,8 @@ def test_cli_report_and_json():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--hardware", "b200", "--model", "llama-3-8b"], "valid: a100-80gb, h100, h200"),
-    (["--hardware", "h100", "--model", "gpt-5"], "valid: llama-3-8b, llama-3-70b, deepseek-v2-lite, opt-13b"),
+    (["--hardware", "b200", "--model", "llama-3-8b"], "valid: a100-80gb, a40, h100, h200"),
+    (["--hardware", "h100", "--model", "gpt-5"], "valid: llama-3-8b, llama-2-7b, llama-3-70b, deepseek-v2-lite, opt-13b"),
     (["--hardware", "h100", "--model", "llama-3-8b", "--policy", "magic"], "valid policies: static, semipd, threshold, mpc"),
     (["--hardware", "a100-80gb", "--model", "llama-3-70b", "--tp", "1"], "141.2 GB per device"),
     (["--hardware", "h100", "--model", "llama-3-8b", "--split", "0,100"], "out of range 1..100"),
