@@ -196,8 +196,8 @@ def small_kv_server(tiny_model, tmp_path_factory):
 
 
 def test_decode_out_of_kv_retracts_and_loses_nothing(small_kv_server, tiny_model):
-    prompts = [prompt_ids(60, seed=300 + i) for i in range(12)]  # 12 x (60 + 100) tokens > 700 slots
-    new_tokens = 100
+    prompts = [prompt_ids(60, seed=300 + i) for i in range(20)]  # 20 x (60 + 150) tokens >> 700 slots
+    new_tokens = 150
 
     def run(ids):
         # Without ignore_eos, SGLang admits requests on an estimate of their output length (made
