@@ -87,7 +87,6 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
 def run_from_vidur(args: argparse.Namespace) -> int:
     from simulator.gpu_profile import calibrate_from_vidur, gpu_of_path, hardware_named
     from simulator.operator_model import describe
-    from simulator.vidur_profiles import ProfileError
 
     try:
         if not args.model:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from simulator.hardware_profiles import HARDWARE, MODELS, Hardware
 from simulator.network_model import CollectiveFit, collective_errors, fit_collectives
-from simulator.operator_model import (GEMMS, OperatorFit, error_summary, fit_operator, operator_work,
-                                      relative_errors)
+from simulator.operator_model import (GEMMS, OperatorFit, error_row, error_summary, fit_operator,
+                                      operator_work, relative_errors)
 from simulator.vidur_profiles import OPERATORS, LayerShape, OperatorTime, read_collectives, read_operators
 
 
@@ -140,10 +140,6 @@ def validate(hardware: str, compute_dir: str | Path, model: str, gpu: Hardware |
                   f", carried to the {gpu.name} through its datasheet"))
     else:
         gpu = gpu or hardware_named(hardware)
-        rows = []
-        for s in samples:
-            predicted = roofline_seconds(s.op, shape, s.tokens, s.tp, gpu)
-            rows.append({"op": s.op, "tokens": s.tokens, "tp": s.tp, "measured_ms": s.seconds * 1e3,
-                         "predicted_ms": predicted * 1e3, "rel_error": predicted / s.seconds - 1})
+        rows = [error_row(s, roofline_seconds(s.op, shape, s.tokens, s.tp, gpu)) for s in samples]
         how = f"the plain roofline of {gpu.name} (GEMMs only)"
     return {"gpu": gpu.name, "predicted_by": how, **error_summary(rows), "rows": rows}

@@ -15,9 +15,6 @@ import numpy as np
 
 from simulator.vidur_profiles import CollectiveTime
 
-TOPOLOGIES = ("nvswitch", "pairwise-nvlink", "pcie")
-
-
 def traffic_factor(collective: str, workers: int) -> float:
     return 2 * (workers - 1) / workers if collective == "all_reduce" else 1.0
 

@@ -198,10 +198,13 @@ def relative_errors(fit: OperatorFit, shape: LayerShape, samples: list[OperatorT
     for tp in sorted({s.tp for s in samples if s.op == fit.op}):
         mine = [s for s in samples if s.op == fit.op and s.tp == tp and s.seconds > 0]
         predicted = fit.seconds(shape, [s.tokens for s in mine], tp, hw)
-        rows += [{"op": fit.op, "tokens": s.tokens, "tp": tp, "measured_ms": s.seconds * 1e3,
-                  "predicted_ms": float(p) * 1e3, "rel_error": float(p) / s.seconds - 1}
-                 for s, p in zip(mine, predicted)]
+        rows += [error_row(s, float(p)) for s, p in zip(mine, predicted)]
     return rows
+
+
+def error_row(sample: OperatorTime, predicted_s: float) -> dict:
+    return {"op": sample.op, "tokens": sample.tokens, "tp": sample.tp, "measured_ms": sample.seconds * 1e3,
+            "predicted_ms": predicted_s * 1e3, "rel_error": predicted_s / sample.seconds - 1}
 
 
 def error_summary(rows: list[dict]) -> dict:
