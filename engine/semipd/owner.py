@@ -157,9 +157,10 @@ class SemiPDScheduler(Scheduler):
                 if prefill is not None and not prefill.forward_mode.is_extend():
                     decode_batch, prefill = prefill, None  # SGLang formed a decode batch: nothing to prefill
         if prefill is not None:
-            if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs
+            if self.lend_idle_cores:  # decode is idle during this prefill iff nothing runs or is prefilled
                 self.partition.lend("decode", False, self._workers)
-                self.partition.lend("prefill", self.running_batch.is_empty(), self._workers)
+                self.partition.lend("prefill", self.running_batch.is_empty() and not self.prefill_link.busy,
+                                    self._workers)
             with timer.phase("prefill hand-off"):
                 try:
                     self._launch_prefill(prefill)
@@ -214,9 +215,10 @@ class SemiPDScheduler(Scheduler):
         soon as it is free. SGLang's admission counts the running batch's requests (their number
         and the KV their decoding will take): the worker's are added, as they join it next. Not
         while a request is being prefilled in chunks: SGLang forms its next chunk only once the
-        previous one is complete."""
+        previous one is complete. Nor while the worker runs on lent cores: its requests decode as
+        soon as it finishes, so the next batch could not keep those cores."""
         if not (self.prefill_link.has_room and self.waiting_queue) or self.chunked_req is not None \
-                or self.is_mixed_chunk:
+                or self.is_mixed_chunk or (self.lend_idle_cores and self.partition.lent.get("prefill", False)):
             return None
         running = self.running_batch
         own = running.reqs
