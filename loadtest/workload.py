@@ -30,6 +30,10 @@ Workload SPEC (one string; lengths in tokens, times in seconds):
   shared-prefix:groups=G,per_group=N,prefix=P,question=Q,output=O,rate=R[,seed=K]
       G groups of N requests; the requests of a group share a P-token system prompt and each adds
       its own Q-token question; Poisson arrivals, groups interleaved.
+  dataset:NAME,trace=PATH,rate=R[,count=N][,seed=K]
+      a paper's dataset by its published mean lengths (sharegpt-distserve, sharegpt-vllm,
+      humaneval, longbench): PATH's (prompt, output) pairs scaled to those means after the
+      dataset's filter, Poisson arrivals (loadtest/paper_datasets.py says where each comes from).
   concat:SPEC1;SPEC2;...
       the parts one after another (each starts after the previous part's last arrival): a mix
       that changes over time.
@@ -240,6 +244,14 @@ def parse_workload(spec: str) -> list[Request]:
             output = parse_dist(f.pop("output", "") or _missing("output"), "output")
             times = gamma_arrivals(count, rate, cv, rng)
             requests = [Request(t, prompt.sample(rng), output.sample(rng)) for t in times]
+        elif kind == "dataset":
+            from loadtest.paper_datasets import dataset_requests  # (it builds on this module)
+
+            name, _, rest = body.partition(",")
+            f = _fields(rest)
+            requests = dataset_requests(name.strip(), f.pop("trace", "") or _missing("trace"),
+                                        _number(f, "rate", low=1e-9), _number(f, "count", int, default=2000, low=1),
+                                        _number(f, "seed", int, default=0))
         elif kind == "shared-prefix":
             f = _fields(body)
             groups, per_group = _number(f, "groups", int, low=1), _number(f, "per_group", int, low=1)
@@ -251,7 +263,7 @@ def parse_workload(spec: str) -> list[Request]:
             times = gamma_arrivals(len(order), rate, 1.0, rng)
             requests = [Request(t, prefix + question, output, g, prefix) for t, g in zip(times, order)]
         else:
-            raise WorkloadError(f"unknown workload kind {kind!r}: use trace, poisson, gamma, shared-prefix or concat")
+            raise WorkloadError(f"unknown workload kind {kind!r}: use trace, poisson, gamma, dataset, shared-prefix or concat")
     except WorkloadError as exc:
         raise WorkloadError(f"workload {spec!r}: {exc}") from None
     if f:

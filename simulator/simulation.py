@@ -14,7 +14,9 @@ chunked prefill does, "prefill-first" runs prefill steps before decode as SGLang
 `disagg` (P prefill and D decode instances on separate devices, KV sent over a link, weights on
 each); `semi-pd` (two workers on one device, one KV pool, compute split between them, changed by a
 policy from policies/ every tick through the same `decide` the live tuner calls, effective after
-`switch_s`).
+`switch_s`; "coupled" as our engine and semi-PD's SGLang code, where the decode loop launches
+prefills between its steps, or not, as semi-PD's DistServe-based prototype). Each step also pays
+the engine's CPU time (`overheads`, a serving system's: simulator/serving_systems.py).
 Per-request work is O(log n) per event (a decode step does not touch each request), so a one-hour
 trace simulates in seconds. `simulate` runs one simulation, `simulate_rates` one per rate with the
 report `semipd simulate` prints.
@@ -34,6 +36,7 @@ from loadtest.report import goodput, summarize, write_records
 from loadtest.workload import mean_rate, scale_rate
 from policies import Decision, Histogram, Observation
 from simulator.perf_model import Work, prefill_work
+from simulator.serving_systems import EngineOverheads
 
 @dataclass
 class SimRequest:
@@ -145,8 +148,8 @@ class Worker:
 
     # -- forming a step --------------------------------------------------------------------------
     def take_prefill(self, budget: int) -> list[tuple[SimRequest, int, int]]:
-        batch = []
-        while self.waiting and budget > 0 and self.load + len(batch) < self.sim.max_batch:
+        batch, decoder = [], self.peer or self  # semi-PD: the decode worker's batch is the one capped
+        while self.waiting and budget > 0 and decoder.load + len(batch) < self.sim.max_batch:
             req = self.waiting[0]
             if not req.admitted:
                 if not self.pool.admit(req):
@@ -168,9 +171,14 @@ class Worker:
         return batch
 
     def admit_incoming(self) -> None:
-        while self.incoming:
+        cap = self.sim.max_decode_tokens  # DistServe's decode instance: a cap on the batch's context
+        tokens = self.context + sum(r.prompt + r.generated for r in self.pending)
+        while self.incoming and len(self.running) + len(self.pending) < self.sim.max_batch:
             req = self.incoming[0]
             need = req.prompt + req.generated
+            if cap and tokens + need > cap and (self.running or self.pending):
+                break
+            tokens += need
             reserve = int(self.pool.reserve_ratio * (self.pool.remaining_output + req.output - req.generated))
             if not self.pool.free_for(need + reserve):
                 break
@@ -219,8 +227,8 @@ class Worker:
     def start_step(self) -> None:
         if self.busy:
             return
-        if self.role == "prefill" and self.peer is not None and self.peer.busy:
-            return  # semi-PD: the decode loop launches prefills between its steps; it kicks us
+        if self.role == "prefill" and self.peer is not None and self.peer.busy and self.sim.coupled:
+            return  # semi-PD coupled: the decode loop launches prefills between its steps; it kicks us
         decodes = self.role in ("decode", "mixed")
         if decodes:
             self.admit_incoming()
@@ -241,7 +249,10 @@ class Worker:
         work = prefill_work([(n, done) for _, n, done in batch], decode_batch, self.context if decode_batch else 0)
         peer_load = self.peer.load_now() if self.peer is not None else None
         other = (peer_load, self.peer.share) if peer_load is not None else None
-        duration = self.model.step_time(work, self.share, other) + self.handoffs * self.model.handoff_s
+        context = work.prefill_tokens + work.prefill_context + work.decode_context
+        duration = self.sim.overheads.seconds(self.model.step_time(work, self.share, other), len(batch) + decode_batch,
+                                              context) \
+            + self.handoffs * self.model.handoff_s
         self.handoffs = 0
         self.work, self.busy_until = work, self.sim.now + duration
         self.busy_s += duration
@@ -301,7 +312,8 @@ class Simulation:
                  link_bandwidth: float | None = None, policy=None, policy_params: dict | None = None,
                  ttft_slo_s: float = 1.0, tpot_slo_s: float = 0.1, tick_s: float = 1.0,
                  switch_s: float = 0.0, chunk_size: int | None = None, max_batch: int | None = None,
-                 reserve_ratio: float = 0.1, decode_model=None):
+                 reserve_ratio: float = 0.1, decode_model=None, coupled: bool = True,
+                 overheads: EngineOverheads | None = None, max_decode_tokens: int | None = None):
         if system not in ("unified", "disagg", "semi-pd"):
             raise ValueError(f"unknown system {system!r}; valid: unified, disagg, semi-pd")
         if batching not in ("mixed", "prefill-first"):
@@ -310,6 +322,8 @@ class Simulation:
         self.chunk_size = chunk_size or model.chunk_size
         self.max_batch = max_batch or model.max_batch
         self.link_bandwidth = link_bandwidth
+        self.coupled, self.overheads = coupled, overheads or EngineOverheads()
+        self.max_decode_tokens = max_decode_tokens
         self.policy, self.params, self.policy_state = policy, policy_params or {}, {}
         self.ttft_slo_s, self.tpot_slo_s, self.tick_s, self.switch_s = ttft_slo_s, tpot_slo_s, tick_s, switch_s
         self.now = 0.0

@@ -12,12 +12,17 @@ import pytest
 from loadtest.workload import Request, parse_workload
 from policies import get_policy, load_params
 from simulator.perf_model import ConfigError, Fitted, Work, build_model, prefill_work
+from simulator.serving_systems import SYSTEMS as SERVING_SYSTEMS
 from simulator.simulation import Simulation, to_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = [("unified", {}), ("unified", {"batching": "prefill-first"}), ("disagg", {"instances": (2, 1), "link_bandwidth": 10e9}),
            ("semi-pd", {"split": (40, 60)}), ("semi-pd", {"split": (100, 100)}),
            ("semi-pd", {"split": (50, 50), "policy": get_policy("semipd"), "policy_params": load_params("semipd")})]
+# every named serving system too, with its engine overheads, limits and coupling
+SYSTEMS += [(v.system, {**v.options(), **({"link_bandwidth": 10e9} if v.system == "disagg" else {})})
+            for v in SERVING_SYSTEMS.values()]
+SYSTEMS = [(system, {k: v for k, v in options.items() if k != "system"}) for system, options in SYSTEMS]
 
 
 def simple(units=2, kv=100_000, **kw) -> Fitted:
@@ -206,6 +211,14 @@ def test_cli_report_and_json():
     assert result["completed"] == 50 and result["devices"] == 1 and 5 <= result["goodput_rps"] <= 50
     listing = simulate_cli("--list")
     assert "a100-80gb" in listing.stdout and "deepseek-v2-lite" in listing.stdout and "source:" in listing.stdout
+    assert "vllm-0.6-chunked" in listing.stdout and "semipd-async" in listing.stdout
+    # a named serving system, one of its settings overridden: more engine time, slower TPOT
+    vllm = json.loads(simulate_cli("--hardware", "a100-80gb", "--model", "llama-3-8b", "--serving-system",
+                                   "vllm-0.6-default", "--json", *BASE).stdout)
+    sglang = json.loads(simulate_cli("--hardware", "a100-80gb", "--model", "llama-3-8b", "--serving-system",
+                                     "sglang-prefill-first", "--json", *BASE).stdout)
+    assert vllm["label"] == "vllm-0.6-default" and vllm["completed"] == 50
+    assert vllm["tpot_p50_s"] > sglang["tpot_p50_s"] + 0.01  # vLLM's 17.2 ms a step, serial
 
 
 @pytest.mark.parametrize("args,message", [
@@ -215,6 +228,7 @@ def test_cli_report_and_json():
     (["--hardware", "a100-80gb", "--model", "llama-3-70b", "--tp", "1"], "141.2 GB per device"),
     (["--hardware", "h100", "--model", "llama-3-8b", "--split", "0,100"], "out of range 1..100"),
     (["--hardware", "h100", "--model", "llama-3-8b", "--system", "unified", "--split", "50,50"], "semi-pd only"),
+    (["--hardware", "h100", "--model", "llama-3-8b", "--serving-system", "vllm"], "valid: vllm-0.6-default"),
 ])
 def test_cli_bad_input_names_the_valid_values(args, message):
     done = simulate_cli(*args, *BASE)
