@@ -45,7 +45,7 @@ class ServingSystem:
     instances: tuple[int, int] = (1, 1)
     split: tuple[int, int] | None = None
     coupled: bool = True               # semi-PD: prefills launched only between decode steps
-    max_decode_tokens: int | None = None  # disaggregated: the decode batch's context, at most
+    max_decode_tokens: int | None = None  # the decode batch's context, at most (admission waits)
     overheads: EngineOverheads = field(default_factory=EngineOverheads)
     sources: tuple[str, ...] = ()
 

@@ -149,8 +149,13 @@ class Worker:
     # -- forming a step --------------------------------------------------------------------------
     def take_prefill(self, budget: int) -> list[tuple[SimRequest, int, int]]:
         batch, decoder = [], self.peer or self  # semi-PD: the decode worker's batch is the one capped
+        cap = self.sim.max_decode_tokens if self.sim.system != "disagg" else None  # (disagg: at the decoder)
+        tokens = decoder.context + sum(r.prompt + r.generated for r in decoder.pending) if cap else 0
         while self.waiting and budget > 0 and decoder.load + len(batch) < self.sim.max_batch:
             req = self.waiting[0]
+            if cap and not req.admitted and tokens and tokens + req.prompt + req.generated > cap:
+                break
+            tokens += req.prompt + req.generated
             if not req.admitted:
                 if not self.pool.admit(req):
                     break

@@ -56,6 +56,9 @@ def test_a_decode_instance_takes_no_more_context_than_its_cap():
     assert abs(free[0].finish - free[1].finish) < 0.011
     assert capped[1].finish - capped[0].finish > 0.15
     assert capped[1].first_token == pytest.approx(free[1].first_token)  # prefill is not held up
+    # on one device (semi-PD), the request is held back from prefill instead
+    semipd = Simulation(simple(), "semi-pd", split=(1, 1), max_decode_tokens=1000).run(requests)
+    assert semipd[1].first_token > semipd[0].finish
 
 
 @pytest.mark.parametrize("name", list(SYSTEMS))
