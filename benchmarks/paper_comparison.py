@@ -34,9 +34,8 @@ from loadtest.report import bisect_goodput, summarize
 from loadtest.workload import Request, gamma_arrivals, with_poisson_arrivals
 from policies import get_policy, load_params
 from simulator.distserve_profiles import distserve_model
-from simulator.gpu_profile import calibrate_from_vidur, hardware_named
 from simulator.hardware_profiles import MODELS
-from simulator.perf_model import Roofline, Work, build_model, model_and_tp, prefill_work
+from simulator.perf_model import Work, build_model, fitted_model, prefill_work
 from simulator.serving_systems import SYSTEMS, EngineOverheads, ServingSystem
 from simulator.simulation import Simulation, simulate
 
@@ -94,12 +93,6 @@ def goodput_per_gpu(model, requests, variant: ServingSystem, slo, extra: dict, d
 
 
 # -- semi-PD's comparison -------------------------------------------------------------------------
-def llama_twin(**options) -> Roofline:
-    """Llama-3-8B TP1 on A100-80GB with the operator curves fitted to Vidur's measurements."""
-    profile = calibrate_from_vidur(VIDUR, "llama-3-8b", hardware_named("a100-80gb"))
-    return Roofline(profile.hardware, *model_and_tp("llama-3-8b", 1), measured=profile, **options)
-
-
 def semipd_comparison(model, requests, slo, systems=None, decode_model=None) -> dict:
     return {label: goodput_per_gpu(model, requests, variant, slo, extra, decode_model if variant.system == "disagg" else None)
             for label, (variant, extra) in (systems or semipd_systems()).items()}
@@ -269,7 +262,7 @@ def main() -> int:
     if not (TRACE.exists() and VIDUR.exists() and DISTSERVE.exists()):
         parser.error(f"needs ../shared/data beside the checkout ({TRACE}, {VIDUR}, {DISTSERVE})")
     started = time.perf_counter()
-    model = llama_twin()
+    model = fitted_model(VIDUR, "llama-3-8b", "a100-80gb", 1)
     requests = dataset_requests("sharegpt-vllm", str(TRACE), 1.0, args.requests)
     semipd = {}
     for name, slo in SEMIPD_SLOS.items():

@@ -1,6 +1,7 @@
 """Does a searched policy beat its defaults, on a workload the search did not see?
 
-1. `semipd search` (50 trials, Optuna TPE, in the simulator: A100-80GB / Llama-3-8B, semi-PD with
+1. `semipd search` (50 trials, Optuna TPE, in the simulator: Llama-3-8B on the A100-80GB twin
+   fitted to Vidur's measurements, semi-PD with
    disjoint splits) tunes a policy's parameters for SLO attainment on the training workload: the
    shifting mix of benchmarks/policies_sim.py at 1.3x its rate.
 2. The defaults and the best parameters are then compared on a different workload: a 10-minute
@@ -21,7 +22,8 @@ from pathlib import Path
 from loadtest.report import bisect_goodput, summarize
 from loadtest.workload import mean_rate, parse_workload, scale_rate
 from policies import get_policy, load_params
-from policies_sim import SHIFTING
+from policies_sim import SHIFTING, VIDUR
+from simulator.gpu_profile import calibrate_from_vidur, hardware_named
 from simulator.perf_model import build_model
 from simulator.simulation import simulate
 
@@ -43,16 +45,18 @@ def main() -> int:
     train = parse_workload(SHIFTING)
     rate = 1.3 * mean_rate(train)
     best_file, db = out / f"{args.policy}-best.json", out / "search.db"
+    twin = out / "a100-80gb-llama-3-8b.json"
+    calibrate_from_vidur(VIDUR, "llama-3-8b", hardware_named("a100-80gb")).save(twin)
     db.unlink(missing_ok=True)
     command = [sys.executable, "-m", "cli.main", "search", "--policy", args.policy, "--workload", SHIFTING,
                "--ttft-slo", str(SLO[0]), "--tpot-slo", str(SLO[1]), "--trials", str(args.trials),
                "--objective", "attainment", "--rate", f"{rate:.3f}", "--split", "50,50",
-               "--storage", f"sqlite:///{db}", "--out", str(best_file)]
+               "--hardware", str(twin), "--storage", f"sqlite:///{db}", "--out", str(best_file)]
     print("$", " ".join(command[2:]), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
     found = json.loads(best_file.read_text())
 
-    model = build_model("a100-80gb", "llama-3-8b")
+    model = build_model(str(twin), "llama-3-8b")
     policy = get_policy(args.policy)
     variants = {"defaults": load_params(args.policy), "searched": load_params(args.policy, best_file)}
 

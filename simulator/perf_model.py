@@ -315,6 +315,15 @@ def gpu_profile_model(path: str, model: str | None, tp: int | None, **options) -
     return Roofline(profile.hardware, *model_and_tp(profile.model, tp), measured=profile, **options)
 
 
+def fitted_model(compute_dir, model: str, gpu: str, tp: int | None = None, **options) -> Roofline:
+    """`model` on `gpu` with operator curves fitted now to the Vidur measurements in `compute_dir`
+    (what `semipd calibrate-model --from-vidur` saves; a fit takes well under a second)."""
+    from simulator.gpu_profile import calibrate_from_vidur, hardware_named
+
+    profile = calibrate_from_vidur(compute_dir, model, hardware_named(gpu))
+    return Roofline(profile.hardware, *model_and_tp(model, tp), measured=profile, **options)
+
+
 def describe_profiles() -> str:
     lines = ["hardware (units: percent of the SMs):"]
     for h in HARDWARE.values():
