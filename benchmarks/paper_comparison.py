@@ -144,6 +144,8 @@ def long_share(requests, tokens: int = 1536) -> float:
 
 # -- the report -----------------------------------------------------------------------------------
 def within(ours: float, paper: float) -> str:
+    if ours == float("inf"):
+        return "no ratio (the baseline meets the SLOs at no rate)"
     error = ours / paper - 1
     return f"{error:+.0%} ({'within' if abs(error) <= 0.25 else 'outside'} 25%)"
 

@@ -27,6 +27,7 @@ from loadtest.workload import Request, with_poisson_arrivals
 from planner.candidates import DEVICES_PER_NODE, Candidate, Parallel, nodes_spanned
 from simulator.hardware_profiles import Hardware, Model
 from simulator.perf_model import Roofline
+from simulator.serving_systems import SYSTEMS, EngineOverheads
 from simulator.simulation import Simulation, to_records
 
 MIXED_CHUNK = 1024  # colocated mixed batching: Sarathi/vLLM-style small chunks (as benchmarks/paper_comparison.py)
@@ -66,6 +67,9 @@ class Evaluator:
     iterations: int = 6
     span_s: float = 0.0               # simulated arrival span; 0 = 3 x (TTFT SLO + mean output x TPOT SLO)
     min_rate: float = 0.05            # below this a candidate's goodput counts as none
+    # the engine time of every step: our engine's, SGLang's (hidden behind the step by its
+    # overlap scheduler: it shows only when a step is shorter)
+    overheads: EngineOverheads = SYSTEMS["sglang-prefill-first"].overheads
     simulations: int = 0
     sim_wall_s: float = 0.0
     goodputs: dict = field(default_factory=dict)  # (what, key) -> req/s
@@ -146,7 +150,8 @@ class Evaluator:
         return with_poisson_arrivals([requests[i % len(requests)] for i in range(count)], rate, seed=0)
 
     def _sim(self, model, system: str, **options) -> Simulation:
-        return Simulation(model, system, ttft_slo_s=self.ttft_slo_s, tpot_slo_s=self.tpot_slo_s, **options)
+        return Simulation(model, system, ttft_slo_s=self.ttft_slo_s, tpot_slo_s=self.tpot_slo_s,
+                          overheads=self.overheads, **options)
 
     # -- candidates -------------------------------------------------------------------------------
     def semipd_split(self) -> tuple[int, int]:
