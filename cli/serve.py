@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-pipeline", type=int, choices=(1, 2), default=2, metavar="{1,2}",
                         help="semi-pd: batches the prefill worker may hold; 2 (default) hands it the next "
                              "batch while it runs one, 1 waits for the owner's next loop (for comparison)")
+    parser.add_argument("--repartition", choices=("live", "standby"), default="live",
+                        help="semi-pd: how a new split reaches the prefill worker: live (default; on CPU its "
+                             "cores and threads change at once) or standby (a new worker is started on the new "
+                             "share and swapped in at a batch boundary, as MPS needs: a process's SM share is "
+                             "fixed when it starts)")
     parser.add_argument("--tp-overlap", nargs="?", const="auto", metavar="GROUPS",
                         help="with --tp-size > 1: overlap each o_proj / down_proj GEMM with its "
                              "all-reduce, group of output rows by group; GROUPS is 'auto' (tuned per "
@@ -80,9 +85,12 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
             return 2
         try:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
-                                                  args.prefill_pipeline)
+                                                  args.prefill_pipeline, args.repartition)
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:
+            print(f"semipd serve: {exc}", file=sys.stderr)
             return 2
         passthrough = [*passthrough, "--disable-overlap-schedule"]
     model = args.model

@@ -38,12 +38,12 @@ from sglang.srt.runtime_context import get_serving
 
 from contract import split_state
 from engine.partition import InvalidSplit, Split, Workers, parse_split
-from engine.partition.cpu import CpuCores
+from engine.partition.cpu import CpuCores, pin_process
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
-from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_SPLIT
+from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_REPARTITION, ENV_SPLIT
 from engine.semipd.shared_storage import SharedStorage
 from engine.sglang_seams import inject_forward
 
@@ -74,6 +74,13 @@ class SemiPDScheduler(Scheduler):
         self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
         self.split: Split | None = None
         self.resume_split: Split | None = None  # the split to return to once a new worker is ready
+        # --repartition standby: a new split starts a worker on its prefill share (`standby`), swapped
+        # in at a batch boundary once it is ready; the active one serves until then.
+        self.swap_standby = os.environ.get(ENV_REPARTITION) == "standby"
+        self.standby: tuple[PrefillLink, Split, str] | None = None  # (worker, its split, who asked)
+        self._swap_due = False
+        self.swaps, self.standby_error = 0, None
+        self.worker_split = split  # the split whose prefill share the active worker was started on
         self.timer = LoopTimer()
         self.semipd_metrics = SemiPDMetrics({"model_name": str(get_serving().served_model_name)})
         self._workers = Workers(pids=lambda: {"prefill": self.prefill_link.pid, "decode": os.getpid()},
@@ -111,6 +118,7 @@ class SemiPDScheduler(Scheduler):
                 self.ingest_requests()
                 self.control.serve_pending(self.handle_control)
                 self._watch_restart()
+                self._watch_standby()
             if self.unified:
                 self._unified_iteration()
             else:
@@ -148,7 +156,9 @@ class SemiPDScheduler(Scheduler):
             return
         decode_batch = None
         with timer.phase("formation"):
-            if self.prefill_link.busy:
+            if self._swap_due:
+                prefill = None  # a standby worker waits for this one to finish: nothing new for it
+            elif self.prefill_link.busy:
                 prefill = self._form_next_prefill()
             else:
                 plan = self.get_next_batch_to_run(self.running_batch, None)
@@ -289,11 +299,13 @@ class SemiPDScheduler(Scheduler):
 
     def _worker_died(self, exc: WorkerDied) -> None:
         self._rerun_locally(exc)
+        pending = self.standby[1] if self.standby else None  # the restart replaces it; its split follows
+        self._cancel_standby()
         in_force, units = self.split, self.partition.units
         self.prefill_link.stop()
         self.prefill_link = self._start_worker(units)
         self.apply_split(Split(units, units), who=f"prefill worker died ({exc}); unified until a new one is ready")
-        self.resume_split = in_force
+        self.resume_split = pending or in_force
 
     def _watch_restart(self) -> None:
         if self.resume_split is None:
@@ -307,8 +319,59 @@ class SemiPDScheduler(Scheduler):
             return
         if ready:
             split, self.resume_split = self.resume_split, None
+            self.worker_split = split  # (pinned to its share now: it has served nothing yet)
             if not self.is_unified(split):
                 self.apply_split(split, who="a new prefill worker is ready")
+
+    # -- a standby worker (--repartition standby) ---------------------------------------------
+    def _prefill_share(self, split: Split) -> list[int]:
+        return self.partition.core_sets(split)["prefill"]
+
+    def _needs_standby(self, split: Split) -> bool:
+        """Standby mode: a split whose prefill share is not the active worker's needs a new worker
+        (unified mode needs none: the worker stands by)."""
+        return self.swap_standby and not self.is_unified(split) \
+            and self._prefill_share(split) != self._prefill_share(self.worker_split)
+
+    def _start_standby(self, split: Split, who: str) -> None:
+        """A worker on `split`'s prefill share, started now and swapped in once ready (one already
+        starting on that share is kept: a tuner asks again every tick while it starts)."""
+        if self.standby is not None and self._prefill_share(self.standby[1]) == self._prefill_share(split):
+            self.standby = (self.standby[0], split, who)
+            return
+        self._cancel_standby()
+        link = self._start_worker(split.prefill)
+        pin_process(link.pid, self._prefill_share(split))  # its share from the start
+        self.standby = (link, split, who)
+
+    def _cancel_standby(self) -> None:
+        if self.standby is not None:
+            self.standby[0].stop()
+        self.standby, self._swap_due = None, False
+
+    def _watch_standby(self) -> None:
+        if self.standby is None:
+            return
+        link, split, who = self.standby
+        try:
+            ready = link.poll_ready()
+        except RuntimeError as exc:
+            logger.error("the standby prefill worker for split %s failed to start: %s; split %s stays",
+                         split, exc, self.split)
+            self._cancel_standby()
+            self.standby_error = f"split {split}: {exc}"
+            return
+        if not ready:
+            return
+        if self.prefill_link.busy:
+            self._swap_due = True  # the active worker finishes what it holds first
+            return
+        old, self.prefill_link = self.prefill_link, link
+        self.standby, self._swap_due = None, False
+        old.stop()
+        self.swaps += 1
+        self.worker_split = split
+        self.apply_split(split, who=f"{who} (standby worker swapped in)")
 
     # -- the split -----------------------------------------------------------------------------
     def _set_threads(self, role: str, threads: int) -> None:
@@ -349,10 +412,15 @@ class SemiPDScheduler(Scheduler):
                 self.partition.check(split)
             except InvalidSplit as exc:
                 return {"ok": False, "status": 400, "error": str(exc)}
+            who = str(request.get("who") or "admin")
             if self.resume_split is not None:
                 self.resume_split = split  # applied once the new prefill worker is ready
-                return {"ok": True, "applied": None, "pending": str(split), **self.split_state()}
-            record = self.apply_split(split, who=str(request.get("who") or "admin"))
+                return {"ok": True, "applied": None, **self.split_state()}
+            if self._needs_standby(split):
+                self._start_standby(split, who)
+                return {"ok": True, "applied": None, **self.split_state()}
+            self._cancel_standby()  # this split needs the active worker's share: it applies now
+            record = self.apply_split(split, who=who)
             return {"ok": True, "applied": record, **self.split_state()}
         if op == "steps":
             since = float(request.get("since") or 0)
@@ -360,14 +428,18 @@ class SemiPDScheduler(Scheduler):
                     "loop": self.timer.breakdown(since)}
         if op == "workers":
             return {"ok": True, "pids": self._workers.pids(), "storage": str(self._semipd_storage.directory),
-                    "link": dict(self.prefill_link.stats), "restarting": self.resume_split is not None}
+                    "link": dict(self.prefill_link.stats), "restarting": self.resume_split is not None,
+                    "repartition": "standby" if self.swap_standby else "live", "swaps": self.swaps,
+                    "standby": str(self.standby[1]) if self.standby else None, "standby_error": self.standby_error}
         return {"ok": False, "status": 400, "error": f"unknown op {op!r}"}
 
     def split_state(self) -> dict:
+        pending = self.standby[1] if self.standby else self.resume_split  # applied once a worker is ready
         return split_state(self.split.prefill, self.split.decode, backend=self.partition.name,
                            unit=self.partition.unit, units=self.partition.units,
                            valid=self.partition.valid_range(), history=list(self.split_history),
-                           lend_idle_cores=self.lend_idle_cores)
+                           lend_idle_cores=self.lend_idle_cores,
+                           pending=str(pending) if pending else None)
 
     def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
                      context: int, cores: list[int]):
