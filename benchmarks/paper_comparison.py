@@ -93,8 +93,8 @@ def goodput_per_gpu(model, requests, variant: ServingSystem, slo, extra: dict, d
 
 
 # -- semi-PD's comparison -------------------------------------------------------------------------
-def semipd_comparison(model, requests, slo, systems=None, decode_model=None) -> dict:
-    return {label: goodput_per_gpu(model, requests, variant, slo, extra, decode_model if variant.system == "disagg" else None)
+def semipd_comparison(model, requests, slo, systems=None) -> dict:
+    return {label: goodput_per_gpu(model, requests, variant, slo, extra)
             for label, (variant, extra) in (systems or semipd_systems()).items()}
 
 
@@ -169,7 +169,7 @@ def sensitivity(model, requests, slo) -> list[tuple[str, dict]]:
     def run(what, **changes):
         started = time.perf_counter()
         r = ratios(semipd_comparison(changes.pop("model", model), changes.pop("requests", requests), slo,
-                                     semipd_systems(**changes.pop("systems", {})), changes.pop("decode_model", None)))
+                                     semipd_systems(**changes.pop("systems", {}))))
         rows.append((what, r))
         print(f"  sensitivity: {what}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items())
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)

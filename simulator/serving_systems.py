@@ -59,10 +59,6 @@ class ServingSystem:
     def with_overheads(self, **changes) -> "ServingSystem":
         return replace(self, overheads=replace(self.overheads, **changes))
 
-    @property
-    def devices_per_instance_pair(self) -> int:
-        return sum(self.instances) if self.system == "disagg" else 1
-
 
 # -- the measurements the constants come from --------------------------------------------------
 WUKLAB = ("WukLab, 'Can scheduling overhead dominate LLM inference performance?' "
