@@ -383,7 +383,9 @@ class SemiPDScheduler(Scheduler):
     def apply_split(self, split: Split, who: str) -> dict:
         started = time.perf_counter()
         was_unified = self.unified
+        handed_over = 0  # the worker's batches completed at this switch (the pipeline holds up to two)
         if self.is_unified(split) and not was_unified:
+            handed_over = len(self.prefill_link.inflight)
             self._finish_inflight_prefill()  # SGLang's loop takes over at this batch boundary
             self.last_batch = None  # merged already: SGLang's formation must not merge it again
         elif was_unified and not self.is_unified(split):
@@ -394,7 +396,8 @@ class SemiPDScheduler(Scheduler):
         in_force = self.partition.apply(split, self._workers)
         switch_s = time.perf_counter() - started
         record = {"time": time.time(), "old": str(self.split) if self.split else None, "new": str(split),
-                  "who": who, "switch_ms": switch_s * 1e3, "unified": self.is_unified(split), **in_force}
+                  "who": who, "switch_ms": switch_s * 1e3, "unified": self.is_unified(split),
+                  "handed_over": handed_over, **in_force}
         self.split = split
         self.split_history.append(record)
         self.semipd_metrics.record_split(split.prefill, split.decode)
