@@ -22,10 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="unified",
                         help="unified: stock SGLang scheduling (default); semi-pd: prefill and "
                              "decode workers on separate compute partitions over shared storage")
-    parser.add_argument("--split", default="1,1", metavar="P,D",
-                        help="semi-pd only: compute shares of the prefill and decode workers; on "
-                             "CPU a number of cores each (may overlap), default 1,1; changed live "
-                             "with POST /semipd/split")
+    parser.add_argument("--split", metavar="P,D",
+                        help="semi-pd only: compute shares of prefill and decode; on CPU a number of "
+                             "cores each (may overlap), default 1,1; on GPU streaming multiprocessors, "
+                             "one of the menu of SM splits built at start (GET /semipd/split lists it), "
+                             "default its most even; changed live with POST /semipd/split")
     parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="all",
                         help="semi-pd on CPU: where SGLang's HTTP/tokenizer and detokenizer processes run: "
                              "on all cores (default), the prefill worker's, or decode's")
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semi-pd on CPU: a worker that will be idle during the other's next "
                              "step lends it its cores for that step")
     parser.add_argument("--prefill-pipeline", type=int, choices=(1, 2), default=2, metavar="{1,2}",
-                        help="semi-pd: batches the prefill worker may hold; 2 (default) hands it the next "
+                        help="semi-pd on CPU: batches the prefill worker may hold; 2 (default) hands it the next "
                              "batch while it runs one, 1 waits for the owner's next loop (for comparison)")
     parser.add_argument("--repartition", choices=("live", "standby"), default="live",
                         help="semi-pd: how a new split reaches the prefill worker: live (default; on CPU its "
@@ -79,20 +80,18 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
 
     control_endpoint = None
     if args.mode == "semi-pd":
-        if device != "cpu":
-            print("semipd serve: semi-pd mode on GPU is not available yet (see README: GPU partition "
-                  "backends)", file=sys.stderr)
-            return 2
         try:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
-                                                  args.prefill_pipeline, args.repartition)
+                                                  args.prefill_pipeline, args.repartition, device)
+            # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force
+            passthrough = ([*passthrough, "--disable-overlap-schedule"] if device == "cpu"
+                           else settings.pdmux_argv(passthrough))
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2
         except ValueError as exc:
             print(f"semipd serve: {exc}", file=sys.stderr)
             return 2
-        passthrough = [*passthrough, "--disable-overlap-schedule"]
     model = args.model
     if model is None:
         from engine.default_model import embedded_default_model

@@ -13,6 +13,7 @@ semipd extends SGLang 0.5.23 without editing or copying its files, through these
 | row-parallel hooks  | AROUND hooks (SGLang's HookRegistry) on RowParallelLinear and the TP all-reduce | engine/tensor_overlap/sglang_patch.py |
 | HTTP app            | routes and a middleware on SGLang's FastAPI app, SGLang's admin auth | engine/http_routes.py |
 | attention backend   | `semipd_cpu` in SGLang's attention registry and `--attention-backend` choices; a TorchNativeAttnBackend subclass | engine/attention/backend.py |
+| pdmux               | GPU semi-pd: the subclass builds pdmux's stream groups from our SM menu and picks the group of the split in force | engine/semipd/pdmux_owner.py |
 
 `check_seams()` runs at the start of `semipd serve`: a release other than the pinned one is named
 in a warning, and a seam whose target is gone or has lost a parameter we pass is an error naming
@@ -73,6 +74,14 @@ SEAMS = (
     Seam("attention backend",
          "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_decode"),
     Seam("attention backend", "sglang.srt.mem_cache.memory_pool.KVWriteLoc"),
+    # GPU semi-pd: SGLang's PD multiplexing with our stream groups and our choice among them
+    Seam("pdmux", "sglang.srt.managers.scheduler.Scheduler.init_pdmux"),
+    Seam("pdmux", "sglang.srt.managers.scheduler.Scheduler.adjust_stream_groups", ("running_batch",)),
+    Seam("pdmux", "sglang.srt.managers.scheduler.Scheduler.event_loop_pdmux"),
+    Seam("pdmux", "sglang.srt.managers.scheduler.Scheduler.ingest_requests"),
+    Seam("pdmux", "sglang.srt.multiplex.pdmux_context.initialize_stream_groups", ("gpu_id", "config")),
+    Seam("pdmux", "sglang.srt.multiplex.pdmux_context.set_current_stream_idx", ("idx",)),
+    Seam("pdmux", "sglang.srt.multiplex.pdmux_context.PDMuxConfig", ("sm_group_num", "manual_divisions")),
 )
 
 

@@ -27,6 +27,15 @@ from tuner.store import TunerStore
 MAX_BACKOFF_S = 30.0
 
 
+
+def nearest_in_menu(split: tuple[int, int], menu: list | None) -> tuple[int, int]:
+    """An engine with a menu of splits (GPU semi-pd: the SM splits built at start) takes only
+    those: the policy's split becomes the pair whose prefill share is nearest (the even one on a tie)."""
+    if not menu:
+        return split
+    share = split[0] / (split[0] + split[1])
+    return tuple(min(menu, key=lambda pair: (abs(pair[0] / sum(pair) - share), abs(pair[0] - pair[1]))))
+
 class NothingToTune(RuntimeError):
     pass
 
@@ -140,10 +149,13 @@ class Tuner:
         self.policy_state = decision.state
         self.store.put("policy_state", self.policy_state)
         self.last_reason = self.windows[-1]["reason"] = decision.reason
-        if decision.split is None or tuple(decision.split) == split:
+        if decision.split is None:
+            return
+        new = nearest_in_menu(tuple(decision.split), (self.split_state or {}).get("menu"))
+        if new == split:
             return
         self.counts["decisions"] += 1
-        self._apply(tuple(decision.split), split, units, f"policy {self.settings.policy}", decision.reason)
+        self._apply(new, split, units, f"policy {self.settings.policy}", decision.reason)
 
     @staticmethod
     def invalid(split, units: int) -> str | None:

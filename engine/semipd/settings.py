@@ -16,23 +16,48 @@ ENV_LEND_IDLE = "SEMIPD_LEND_IDLE_CORES"
 ENV_FRONTEND = "SEMIPD_FRONTEND_CORES"
 ENV_PIPELINE = "SEMIPD_PREFILL_PIPELINE"
 ENV_REPARTITION = "SEMIPD_REPARTITION"
+ENV_DEVICE = "SEMIPD_DEVICE"
 REPARTITION_CHOICES = ("live", "standby")
+CPU_SPLIT = "1,1"  # the default split on CPU (cores); on GPU the menu's most even SM pair
+# SGLang flags that PD multiplexing (GPU semi-pd) cannot run with: flag -> (the value it needs, or
+# None for a flag it refuses outright; what the flag is).
+PDMUX_CONFLICTS = {"--pp-size": ("1", "pipeline parallelism"),
+                   "--disaggregation-mode": ("null", "disaggregation (semi-pd is its alternative on one GPU)"),
+                   "--chunked-prefill-size": ("-1", "chunked prefill (it prefills whole prompts layer by layer; "
+                                                    "-1 is set for you)"),
+                   "--enable-lora": (None, "LoRA"), "--lora-paths": (None, "LoRA"),
+                   "--pdmux-config-path": (None, "its own stream-group table (semipd builds the groups from "
+                                                 "its menu of SM splits)")}
 
 
-def configure(split_text: str, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
-              prefill_pipeline: int = 2, repartition: str = "live") -> str:
+def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
+              prefill_pipeline: int = 2, repartition: str = "live", device: str = "cpu") -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
-    Raises engine.partition.InvalidSplit with the valid range, ValueError for a bad combination."""
+    Raises engine.partition.InvalidSplit with the valid range, ValueError for a bad combination.
+    On GPU the split (SMs) is checked against the menu when the scheduler starts, which reads the
+    device; here only its form."""
     from engine.partition import parse_split
     from engine.partition.cpu import CpuCores
 
-    CpuCores(frontend=frontend_cores).check(parse_split(split_text))
     if repartition not in REPARTITION_CHOICES:
         raise ValueError(f"--repartition {repartition!r}: valid are {', '.join(REPARTITION_CHOICES)}")
-    if repartition == "standby" and lend_idle_cores:
-        raise ValueError("--repartition standby gives the prefill worker its share once, at start; "
-                         "--lend-idle-cores moves it every step: use one or the other")
+    if device == "cpu":
+        split_text = split_text or CPU_SPLIT
+        CpuCores(frontend=frontend_cores).check(parse_split(split_text))
+        if repartition == "standby" and lend_idle_cores:
+            raise ValueError("--repartition standby gives the prefill worker its share once, at start; "
+                             "--lend-idle-cores moves it every step: use one or the other")
+    else:
+        if split_text:
+            parse_split(split_text)
+        cpu_only = [flag for flag, used in (("--lend-idle-cores", lend_idle_cores),
+                                            ("--frontend-cores", frontend_cores != "all"),
+                                            ("--repartition standby", repartition == "standby")) if used]
+        if cpu_only:
+            raise ValueError(f"{', '.join(cpu_only)}: CPU only; on GPU semi-pd runs on SGLang's PD "
+                             "multiplexing, one process whose split moves between stream groups")
+        split_text = split_text or ""
     endpoint = f"ipc:///tmp/semipd-control-{port}-{os.getpid()}.sock"
     os.environ[ENV_SPLIT] = split_text
     os.environ[ENV_CONTROL] = endpoint
@@ -40,17 +65,43 @@ def configure(split_text: str, port: int, lend_idle_cores: bool = False, fronten
     os.environ[ENV_FRONTEND] = frontend_cores
     os.environ[ENV_PIPELINE] = str(prefill_pipeline)
     os.environ[ENV_REPARTITION] = repartition
+    os.environ[ENV_DEVICE] = device
     return endpoint
 
 
-def remove_endpoint(endpoint: str) -> None:
-    path = endpoint.removeprefix("ipc://")
-    if os.path.exists(path):
-        os.unlink(path)
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value given to `flag` in `args` ('--flag V' or '--flag=V'), '' for a bare flag, None if absent."""
+    for i, arg in enumerate(args):
+        if arg == flag:
+            following = args[i + 1] if i + 1 < len(args) else ""
+            return "" if following.startswith("--") else following
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def pdmux_argv(passthrough: list[str]) -> list[str]:
+    """The user's SGLang flags plus what GPU semi-pd needs (SGLang's PD multiplexing); ValueError
+    naming a flag it cannot run with."""
+    for flag, (needed, what) in PDMUX_CONFLICTS.items():
+        given = flag_value(passthrough, flag)
+        if given is not None and given != needed:
+            raise ValueError(f"{flag} {given}".strip() + f": semi-pd on GPU runs on SGLang's PD multiplexing, "
+                             f"which does not support {what}")
+    extra = [] if "--enable-pdmux" in passthrough else ["--enable-pdmux"]
+    if flag_value(passthrough, "--chunked-prefill-size") is None:
+        extra += ["--chunked-prefill-size", "-1"]
+    if "--disable-overlap-schedule" not in passthrough:
+        extra.append("--disable-overlap-schedule")
+    return [*passthrough, *extra]
 
 
 def semipd_scheduler_class():
     """The scheduler class of semi-pd mode (imported in the scheduler process only: heavy)."""
+    if os.environ.get(ENV_DEVICE, "cpu") != "cpu":
+        from engine.semipd.pdmux_owner import PdmuxSemiPDScheduler
+
+        return PdmuxSemiPDScheduler
     from engine.semipd.owner import SemiPDScheduler
 
     return SemiPDScheduler
