@@ -47,8 +47,9 @@ class Workers:
     # to the shared storage, and swap it in after the active worker's current iteration; returns
     # when the swap is done.
     replace_worker: Callable[[str, dict[str, str]], None] | None = None
-    # green_contexts: run this role's next iterations on this stream.
-    use_stream: Callable[[str, object], None] | None = None
+    # green_contexts: this role's worker moves to its own stream of this split at its next batch
+    # boundary (after handing over from the old one); returns once it has.
+    use_stream: Callable[[str, Split], None] | None = None
     # cpu: the front end's processes (HTTP + tokenizer, detokenizer), placed with the split.
     frontend_pids: Callable[[], list[int]] | None = None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.partition import InvalidSplit, Split, Workers
-from engine.partition.green_contexts import SmGranularity
+from engine.partition.green_contexts import SmGranularity, valid_prefill_sms
 
 # Prefill's share of the SMs in the default menu (decode gets the rest): the semi-PD paper's
 # searches ended between 30% and 80% prefill.
@@ -41,12 +41,6 @@ class SmMenu:
 
     def describe(self) -> str:
         return ", ".join(f"{p},{d}" for p, d in self.pairs)
-
-
-def valid_prefill_sms(device_sms: int, granularity: SmGranularity) -> list[int]:
-    """Green-context sizes for prefill that leave decode at least the smallest group."""
-    first, step = granularity.min_sms, granularity.step
-    return [p for p in range(first, device_sms - granularity.min_sms + 1, step)]
 
 
 def sm_menu(device_sms: int, granularity: SmGranularity, fractions=DEFAULT_PREFILL_FRACTIONS,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.partition import InvalidSplit, Split, Workers
-from engine.partition.green_contexts import (GreenContexts, SmGranularity, sm_granularity,
-                                             torch_green_stream_factory)
+from engine.partition.green_contexts import (GreenContexts, SmGranularity, StreamTable, hand_over,
+                                             sgl_kernel_device_split, sm_granularity, switch_order)
 from engine.partition.mps import MpsPercent, check_mps_daemon, mps_environment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +23,6 @@ def fake_workers(calls: list, *, replace: bool = True, stream: bool = True) -> W
         replace_worker=(lambda role, env: calls.append(("replace", role, env))) if replace else None,
         use_stream=(lambda role, s: calls.append(("stream", role, s))) if stream else None,
     )
-
-
-class FakeFactory:
-    """Stands in for green-context creation: returns a distinct token per call and counts calls."""
-
-    def __init__(self):
-        self.created: list[int] = []
-
-    def __call__(self, sms: int) -> tuple[str, int, int]:
-        self.created.append(sms)
-        return ("stream", sms, len(self.created))
 
 
 # --- mps -------------------------------------------------------------------------------------------
@@ -158,8 +147,45 @@ def test_mps_daemon_timeout():
 
 # --- green contexts --------------------------------------------------------------------------------
 
-def hopper(factory=None) -> GreenContexts:
-    return GreenContexts(device_sms=132, min_sms=8, step=8, factory=factory or FakeFactory())
+def hopper() -> GreenContexts:
+    return GreenContexts(device_sms=132, min_sms=8, step=8)
+
+
+class FakeDevice:
+    """Stands in for sgl_kernel's device split and torch's whole-device streams, and their events."""
+
+    def __init__(self):
+        self.splits: list[tuple[int, int]] = []
+        self.ops: list[tuple] = []
+
+    def split_device(self, prefill_sms, decode_sms):
+        self.splits.append((prefill_sms, decode_sms))
+        return self.Stream(f"group{prefill_sms}"), self.Stream(f"rest{decode_sms}")
+
+    def whole_device(self):
+        return self.Stream("whole")
+
+    def event(self):
+        device = self
+
+        class Event:
+            def record(self, stream):
+                device.ops.append(("record", stream.name))
+                self.on = stream.name
+
+        return Event()
+
+    def Stream(self, name):
+        device = self
+
+        class Stream:
+            def __init__(self):
+                self.name = name
+
+            def wait_event(self, event):
+                device.ops.append(("wait", self.name, event.on))
+
+        return Stream()
 
 
 def test_granularity_by_architecture():
@@ -169,89 +195,85 @@ def test_granularity_by_architecture():
         sm_granularity(6)
 
 
-@pytest.mark.parametrize("split", [Split(4, 64), Split(66, 66), Split(64, 136), Split(64, 0), Split(64, False)])
-def test_green_rejects_invalid_naming_range_and_step_and_keeps_split(split):
-    factory = FakeFactory()
-    backend = hopper(factory)
+@pytest.mark.parametrize("split", [Split(4, 128), Split(64, 64), Split(64, 60), Split(128, 4), Split(0, 132),
+                                   Split(64, False), Split(132, 64)])
+def test_green_rejects_what_is_not_a_group_and_its_remainder_and_keeps_split(split):
+    backend = hopper()
     calls: list = []
-    backend.apply(Split(64, 64), fake_workers(calls))
+    backend.apply(Split(64, 68), fake_workers(calls))
     calls.clear()
-    created = list(factory.created)
-    with pytest.raises(InvalidSplit, match="from 8 to 128 in steps of 8"):
+    with pytest.raises(InvalidSplit, match="from 8 to 120 in steps of 8, decode the rest of this GPU's 132 SMs"):
         backend.apply(split, fake_workers(calls))
-    assert calls == [] and factory.created == created
-    assert backend.in_force == {"prefill": 64, "decode": 64}
+    assert calls == [] and backend.in_force == Split(64, 68)
 
 
-def test_green_ampere_granularity():
-    backend = GreenContexts(device_sms=108, min_sms=4, step=2, factory=FakeFactory())
-    backend.check(Split(4, 106))
-    backend.check(Split(108, 108))  # overlap allowed
-    with pytest.raises(InvalidSplit, match="from 4 to 108 in steps of 2"):
-        backend.check(Split(5, 100))
-    with pytest.raises(InvalidSplit, match="from 4 to 108 in steps of 2"):
-        backend.check(Split(2, 100))
+def test_green_accepts_the_natural_remainder_and_the_whole_device_for_both():
+    backend = hopper()
+    backend.check(Split(64, 68))  # 68 is no multiple of 8: the remainder of a 64-SM group
+    backend.check(Split(8, 124))
+    backend.check(Split(132, 132))
+    ampere = GreenContexts(device_sms=108, min_sms=4, step=2)
+    ampere.check(Split(4, 104))
+    with pytest.raises(InvalidSplit, match="from 4 to 104 in steps of 2"):
+        ampere.check(Split(5, 103))
 
 
-def test_green_hands_each_role_its_stream_and_caches():
-    factory = FakeFactory()
-    backend = hopper(factory)
+def test_the_shrinking_side_moves_first():
+    assert switch_order(None, Split(64, 68)) == ["prefill", "decode"]
+    assert switch_order(Split(64, 68), Split(96, 36)) == ["decode", "prefill"]  # decode shrinks
+    assert switch_order(Split(96, 36), Split(40, 92)) == ["prefill", "decode"]  # prefill shrinks
+    assert switch_order(Split(64, 68), Split(132, 132)) == ["decode", "prefill"]  # both grow: the lesser first
+    assert switch_order(Split(64, 68), Split(64, 68)) == []
+
+
+def test_green_asks_each_worker_to_move_in_switch_order():
+    backend = hopper()
     calls: list = []
-    result = backend.apply(Split(72, 56), fake_workers(calls))
-    assert factory.created == [72, 56]
-    assert calls == [("stream", "prefill", ("stream", 72, 1)), ("stream", "decode", ("stream", 56, 2))]
-    assert result["sms"] == {"prefill": 72, "decode": 56}
-
-    calls.clear()
-    backend.apply(Split(72, 56), fake_workers(calls))  # same split again: no new stream
-    assert factory.created == [72, 56]
-    assert calls == [("stream", "prefill", ("stream", 72, 1)), ("stream", "decode", ("stream", 56, 2))]
-
-    backend.apply(Split(64, 56), fake_workers(calls))  # only the new count is created
-    assert factory.created == [72, 56, 64]
-    backend.apply(Split(72, 56), fake_workers(calls))  # switching back reuses the cached stream
-    assert factory.created == [72, 56, 64]
-    assert calls[-2] == ("stream", "prefill", ("stream", 72, 1))
+    backend.apply(Split(64, 68), fake_workers(calls))
+    backend.apply(Split(96, 36), fake_workers(calls))
+    backend.apply(Split(96, 36), fake_workers(calls))  # the same split again: nobody moves
+    assert calls == [("stream", "prefill", Split(64, 68)), ("stream", "decode", Split(64, 68)),
+                     ("stream", "decode", Split(96, 36)), ("stream", "prefill", Split(96, 36))]
 
 
-def test_green_roles_with_equal_counts_get_distinct_streams():
-    factory = FakeFactory()
-    calls: list = []
-    hopper(factory).apply(Split(64, 64), fake_workers(calls))
-    assert factory.created == [64, 64]
-    assert calls[0][2] != calls[1][2]
+def test_a_worker_stream_table_makes_one_device_split_per_split_and_keeps_it():
+    device = FakeDevice()
+    table = StreamTable(132, device.split_device, device.whole_device)
+    prefill = table.stream("prefill", Split(64, 68))
+    decode = table.stream("decode", Split(64, 68))
+    assert (prefill.name, decode.name) == ("group64", "rest68") and device.splits == [(64, 68)]
+    assert table.stream("prefill", Split(64, 68)) is prefill  # made once
+    table.stream("decode", Split(96, 36))
+    assert device.splits == [(64, 68), (96, 36)]
+    whole_p, whole_d = table.stream("prefill", Split(132, 132)), table.stream("decode", Split(132, 132))
+    assert whole_p is not whole_d and whole_p.name == whole_d.name == "whole"  # one stream per role
+
+
+def test_hand_over_makes_the_new_stream_wait_for_the_old():
+    device = FakeDevice()
+    old, new = device.Stream("group64"), device.Stream("group96")
+    hand_over(old, new, device.event)
+    hand_over(None, new, device.event)  # the first stream: nothing to wait for
+    hand_over(new, new, device.event)  # no move
+    assert device.ops == [("record", "group64"), ("wait", "group96", "group64")]
 
 
 def test_green_refuses_without_use_stream():
-    factory = FakeFactory()
-    backend = hopper(factory)
+    backend = hopper()
     with pytest.raises(RuntimeError, match="use_stream"):
-        backend.apply(Split(64, 64), fake_workers([], stream=False))
-    assert backend.in_force == {} and factory.created == []
-
-
-def test_green_failing_factory_switches_nothing():
-    def factory(sms):
-        if sms == 56:
-            raise RuntimeError("green context creation failed")
-        return ("stream", sms)
-
-    backend = hopper(factory)
-    calls: list = []
-    with pytest.raises(RuntimeError, match="creation failed"):
-        backend.apply(Split(72, 56), fake_workers(calls))
-    assert calls == [] and backend.in_force == {}
+        backend.apply(Split(64, 68), fake_workers([], stream=False))
+    assert backend.in_force is None
 
 
 def test_green_rejects_bad_granularity():
     with pytest.raises(ValueError, match="granularity"):
-        GreenContexts(device_sms=132, min_sms=0, step=8, factory=FakeFactory())
+        GreenContexts(device_sms=132, min_sms=0, step=8)
 
 
-def test_default_factory_refuses_under_mps_percentage(monkeypatch):
+def test_the_device_split_refuses_under_mps_percentage(monkeypatch):
     monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "50")
     with pytest.raises(RuntimeError, match="overrides green-context"):
-        torch_green_stream_factory()(64)
+        sgl_kernel_device_split()(64, 68)
 
 
 # --- imports without CUDA --------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Unified storage for two semi-PD processes on a GPU: the owner's tensors opened in place by the
+prefill worker through CUDA IPC (the semi-PD paper's design), and events that order the worker's
+KV writes before the owner's reads.
+
+The owner (decode) loads the weights and allocates the KV pool and `req_to_token` as usual, then
+exports a manifest: for every tensor, in a fixed order, its name, shape, dtype and torch's IPC
+reduction (on CUDA a `cudaIpcMemHandle` and an offset into its allocation; the same code shares
+CPU tensors through shared memory, which is how it is tested here). The worker builds the same
+model without weights and the same pools without buffers, lists what it needs in the same order,
+and attaches: each tensor is opened where the owner keeps it, so weights, KV and the request
+table exist once on the device. A name, shape, dtype or order that differs is an error naming the
+first difference: a worker built with other flags must not run on memory it misreads.
+
+Legacy CUDA IPC cannot share every allocation: `refusals` names the settings that rule it out
+(expandable segments, the memory saver, custom memory pools), each by its flag. Not verified on hardware: no GPU has run this file.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
+from typing import Callable, Iterable
+
+import torch
+import torch.multiprocessing  # registers torch's tensor reductions with ForkingPickler
+from torch.multiprocessing.reductions import reduce_tensor
+
+from engine.semipd.shared_storage import StorageMismatch
+
+
+# SGLang flags whose allocations come from a custom pool legacy CUDA IPC cannot open.
+CUSTOM_POOLS = {"--enable-symm-mem": "NCCL's symmetric memory pool (virtual-memory mapped)",
+                "--enable-torch-symm-mem": "torch's symmetric memory pool (virtual-memory mapped)",
+                "--enable-unified-memory": "managed (unified) memory"}
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    handle: tuple  # torch's reduction: (rebuild function, its arguments)
+
+
+def refusals(server_args, environ: dict[str, str]) -> list[str]:
+    """What makes the owner's memory unshareable through legacy CUDA IPC, each naming its flag."""
+    found = []
+    if "expandable_segments:true" in environ.get("PYTORCH_CUDA_ALLOC_CONF", "").replace(" ", "").lower():
+        found.append("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: memory mapped in segments cannot be "
+                     "opened by cudaIpcOpenMemHandle; unset it")
+    if getattr(server_args, "enable_memory_saver", False):
+        found.append("--enable-memory-saver: its allocations are virtual memory that CUDA IPC cannot share")
+    for flag, what in CUSTOM_POOLS.items():
+        if getattr(server_args, flag.removeprefix("--").replace("-", "_"), False):
+            found.append(f"{flag}: {what}, which cudaIpcGetMemHandle cannot share")
+    return found
+
+
+def export_manifest(named: Iterable[tuple[str, torch.Tensor]],
+                    reduce: Callable[[torch.Tensor], tuple] = reduce_tensor) -> list[ManifestEntry]:
+    """The owner's side: one entry per tensor, in the order given."""
+    entries, seen = [], set()
+    for name, tensor in named:
+        if name in seen:
+            raise ValueError(f"tensor {name!r} twice in the manifest")
+        seen.add(name)
+        entries.append(ManifestEntry(name, tuple(tensor.shape), str(tensor.dtype), reduce(tensor)))
+    return entries
+
+
+def attach(manifest: list[ManifestEntry], wanted: list[tuple[str, tuple[int, ...], torch.dtype]],
+           rebuild: Callable[[tuple], torch.Tensor] = lambda handle: handle[0](*handle[1])) -> dict[str, torch.Tensor]:
+    """The worker's side: every tensor it needs, opened in place, after checking that the manifest
+    lists exactly these, in this order, with these shapes and dtypes."""
+    for position, (entry, (name, shape, dtype)) in enumerate(zip(manifest, wanted)):
+        want = (name, tuple(int(d) for d in shape), str(dtype))
+        have = (entry.name, entry.shape, entry.dtype)
+        if have != want:
+            raise StorageMismatch(f"shared tensor {position}: the owner made {have}, this worker wants {want} "
+                                  "(started with other model or memory flags?)")
+    if len(manifest) != len(wanted):
+        more = "more" if len(manifest) > len(wanted) else "fewer"
+        raise StorageMismatch(f"the owner shares {len(manifest)} tensors, this worker wants {len(wanted)}: "
+                              f"the owner made {more}")
+    tensors = {}
+    for entry in manifest:
+        tensor = rebuild(entry.handle)
+        if tuple(tensor.shape) != entry.shape or str(tensor.dtype) != entry.dtype:
+            raise StorageMismatch(f"shared tensor {entry.name} opened as {tuple(tensor.shape)} {tensor.dtype}, "
+                                  f"not {entry.shape} {entry.dtype}")
+        tensors[entry.name] = tensor
+    return tensors
+
+
+def dumps(manifest: list[ManifestEntry]) -> bytes:
+    """The manifest as bytes for the worker's socket (torch's reductions pickle the handles)."""
+    buffer = io.BytesIO()
+    ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(manifest)
+    return buffer.getvalue()
+
+
+def loads(data: bytes) -> list[ManifestEntry]:
+    return pickle.loads(data)
+
+
+class KvWriteOrder:
+    """Interprocess events that make the owner read a prefill's KV and logits only after the worker's
+    kernels wrote them (a host round trip alone does not order two processes' streams).
+
+    One event per pipeline slot, created by the worker (`torch.cuda.Event(interprocess=True)`),
+    shared once by handle. The worker records a slot's event on its stream after the batch's
+    forward; the owner makes its stream wait on it before completing the batch. A slot is
+    recorded again only after the owner has waited on it: otherwise the owner could wait on a
+    later batch's write, or on none.
+    """
+
+    def __init__(self, events: list):
+        self.events = events
+        self.recorded = [False] * len(events)
+
+    def written(self, slot: int, stream) -> None:
+        """The worker's side, after launching the batch's forward on `stream`."""
+        if self.recorded[slot]:
+            raise RuntimeError(f"event slot {slot} recorded again before the owner waited on it")
+        self.events[slot].record(stream)
+        self.recorded[slot] = True
+
+    def before_reading(self, slot: int, stream) -> None:
+        """The owner's side: `stream`'s later work (completion, decode) waits for the write."""
+        if not self.recorded[slot]:
+            raise RuntimeError(f"event slot {slot} waited on before the worker recorded it: "
+                               "the owner would read KV the worker has not written")
+        stream.wait_event(self.events[slot])
+        self.recorded[slot] = False

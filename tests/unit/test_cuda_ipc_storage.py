@@ -1,0 +1,161 @@
+"""The GPU storage manifest and KV write ordering (engine/semipd/cuda_ipc_storage.py).
+
+The manifest's round trip runs for real between two processes with CPU tensors: torch's
+reductions are the same code on CUDA (there they carry cudaIpcMemHandles). The events and streams
+are fakes that keep a timeline. No GPU: nothing here claims a GPU result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.multiprocessing
+
+from engine.semipd.cuda_ipc_storage import KvWriteOrder, attach, dumps, export_manifest, loads, refusals
+from engine.semipd.shared_storage import StorageMismatch
+
+
+def owner_tensors():
+    return [("param.embed", torch.arange(12, dtype=torch.float32).view(3, 4)),
+            ("pool.k.0", torch.zeros(8, 2, 4, dtype=torch.bfloat16)),
+            ("req_to_token", torch.zeros(4, 16, dtype=torch.int32))]
+
+
+def wanted_of(named):
+    return [(name, tuple(t.shape), t.dtype) for name, t in named]
+
+
+WORKER = """
+import sys, torch, torch.multiprocessing
+torch.multiprocessing.set_sharing_strategy("file_system")
+from engine.semipd.cuda_ipc_storage import attach, loads
+manifest = loads(sys.stdin.buffer.read())
+wanted = [("param.embed", (3, 4), torch.float32), ("pool.k.0", (8, 2, 4), torch.bfloat16),
+          ("req_to_token", (4, 16), torch.int32)]
+tensors = attach(manifest, wanted)
+print(float(tensors["param.embed"].sum()))
+tensors["pool.k.0"][5].fill_(2.5)   # a KV write by the worker
+tensors["req_to_token"][1, :3] = torch.tensor([7, 8, 9], dtype=torch.int32)
+"""
+
+
+@pytest.fixture
+def file_system_sharing():
+    """CPU handles as file names (the default passes file descriptors, which need a live
+    multiprocessing connection); CUDA handles are bytes either way."""
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    yield
+    torch.multiprocessing.set_sharing_strategy(before)
+
+
+def test_a_worker_process_opens_the_owners_tensors_in_place_and_its_writes_are_the_owners(file_system_sharing):
+    named = owner_tensors()
+    data = dumps(export_manifest(named))
+    done = subprocess.run([sys.executable, "-c", WORKER], input=data, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert float(done.stdout.decode().split()[-1]) == float(named[0][1].sum())  # read the weights
+    tensors = dict(named)
+    assert torch.all(tensors["pool.k.0"][5] == 2.5) and torch.all(tensors["pool.k.0"][4] == 0)
+    assert tensors["req_to_token"][1, :3].tolist() == [7, 8, 9]
+
+
+def test_the_manifest_round_trips_through_bytes_in_order():
+    named = owner_tensors()
+    manifest = loads(dumps(export_manifest(named)))
+    assert [(e.name, e.shape, e.dtype) for e in manifest] == [
+        ("param.embed", (3, 4), "torch.float32"), ("pool.k.0", (8, 2, 4), "torch.bfloat16"),
+        ("req_to_token", (4, 16), "torch.int32")]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda w: [w[0], ("pool.k.0", (8, 2, 8), torch.bfloat16), w[2]], "shared tensor 1: the owner made"),
+    (lambda w: [w[0], ("pool.k.0", (8, 2, 4), torch.float16), w[2]], "torch.float16"),
+    (lambda w: [w[0], w[2], w[1]], "shared tensor 1"),  # order
+    (lambda w: w[:2], "this worker wants 2: the owner made more"),
+    (lambda w: [*w, ("pool.v.0", (8, 2, 4), torch.bfloat16)], "this worker wants 4: the owner made fewer"),
+])
+def test_a_manifest_that_differs_is_an_error_naming_the_first_difference(change, message):
+    named = owner_tensors()
+    manifest = export_manifest(named)
+    opened = []
+    with pytest.raises(StorageMismatch, match=message):
+        attach(manifest, change(wanted_of(named)), rebuild=lambda handle: opened.append(handle))
+    assert opened == []  # nothing is opened before the whole manifest checks out
+
+
+def test_a_handle_that_opens_as_something_else_is_an_error():
+    named = owner_tensors()[:1]
+    with pytest.raises(StorageMismatch, match="opened as"):
+        attach(export_manifest(named), wanted_of(named), rebuild=lambda handle: torch.zeros(2))
+
+
+def test_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        export_manifest([("a", torch.zeros(1)), ("a", torch.zeros(1))], reduce=lambda t: ())
+
+
+def test_what_legacy_cuda_ipc_cannot_share_is_refused_by_flag():
+    assert refusals(SimpleNamespace(), {}) == []
+    found = refusals(SimpleNamespace(enable_memory_saver=True, enable_symm_mem=True, enable_torch_symm_mem=True,
+                                     enable_unified_memory=True),
+                     {"PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6, expandable_segments:True"})
+    assert [f.split(":")[0] for f in found] == ["PYTORCH_CUDA_ALLOC_CONF=expandable_segments", "--enable-memory-saver",
+                                                "--enable-symm-mem", "--enable-torch-symm-mem", "--enable-unified-memory"]
+
+
+class Timeline:
+    """Fake CUDA streams and events: each op is appended; a wait notes which record it waits for."""
+
+    def __init__(self):
+        self.ops: list[tuple] = []
+
+    def stream(self, name):
+        timeline = self
+
+        class Stream:
+            def wait_event(self, event):
+                timeline.ops.append(("wait", name, event.name, event.last_record))
+
+        return Stream()
+
+    def event(self, name):
+        timeline = self
+
+        class Event:
+            def __init__(self):
+                self.name, self.last_record = name, None
+
+            def record(self, stream):
+                self.last_record = len(timeline.ops)
+                timeline.ops.append(("record", name))
+
+        return Event()
+
+
+def test_the_owner_reads_a_batch_only_after_waiting_on_the_event_its_write_recorded():
+    t = Timeline()
+    order = KvWriteOrder([t.event("slot0"), t.event("slot1")])
+    worker, owner = t.stream("worker"), t.stream("owner")
+    order.written(0, worker)
+    order.written(1, worker)  # the pipeline's second batch
+    order.before_reading(0, owner)
+    order.written(0, worker)  # slot 0 reused for the third batch
+    order.before_reading(1, owner)
+    order.before_reading(0, owner)
+    assert t.ops == [("record", "slot0"), ("record", "slot1"), ("wait", "owner", "slot0", 0),
+                     ("record", "slot0"), ("wait", "owner", "slot1", 1), ("wait", "owner", "slot0", 3)]
+
+
+def test_reading_before_the_write_or_recording_over_an_unread_slot_is_an_error():
+    t = Timeline()
+    order = KvWriteOrder([t.event("slot0")])
+    with pytest.raises(RuntimeError, match="has not written"):
+        order.before_reading(0, t.stream("owner"))
+    order.written(0, t.stream("worker"))
+    with pytest.raises(RuntimeError, match="before the owner waited"):
+        order.written(0, t.stream("worker"))
+    assert t.ops == [("record", "slot0")]
