@@ -28,6 +28,7 @@ COMMANDS = {
     "dashboard": "cli.dashboard",
     "bench-overlap": "cli.bench_overlap",
     "up": "cli.up",
+    "doctor": "cli.doctor",
 }
 
 
