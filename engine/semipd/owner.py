@@ -45,6 +45,7 @@ from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
 from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_REPARTITION, ENV_SPLIT
 from engine.semipd.shared_storage import SharedStorage
+from engine.semipd.split_log import log_split, requested_split
 from engine.sglang_seams import inject_forward
 
 logger = logging.getLogger(__name__)
@@ -394,15 +395,10 @@ class SemiPDScheduler(Scheduler):
                 self._merge_prefilled(last)
             self.prefill_link.idle_since = time.time()  # it stood by: that was not waiting with work
         in_force = self.partition.apply(split, self._workers)
-        switch_s = time.perf_counter() - started
-        record = {"time": time.time(), "old": str(self.split) if self.split else None, "new": str(split),
-                  "who": who, "switch_ms": switch_s * 1e3, "unified": self.is_unified(split),
-                  "handed_over": handed_over, **in_force}
+        record = log_split(self.split_history, self.semipd_metrics, self.split, split, who,
+                           time.perf_counter() - started, unified=self.is_unified(split),
+                           handed_over=handed_over, **in_force)
         self.split = split
-        self.split_history.append(record)
-        self.semipd_metrics.record_split(split.prefill, split.decode)
-        if record["old"] is not None:
-            self.semipd_metrics.record_switch(switch_s)
         return record
 
     def handle_control(self, request: dict) -> dict:
@@ -411,8 +407,7 @@ class SemiPDScheduler(Scheduler):
             return {"ok": True, **self.split_state()}
         if op == "set_split":
             try:
-                split = Split(request.get("prefill"), request.get("decode"))
-                self.partition.check(split)
+                split = requested_split(request, self.partition)
             except InvalidSplit as exc:
                 return {"ok": False, "status": 400, "error": str(exc)}
             who = str(request.get("who") or "admin")

@@ -32,6 +32,7 @@ from engine.partition.sm_groups import PdmuxSmGroups, sm_menu, stream_index
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.settings import ENV_CONTROL, ENV_SPLIT
+from engine.semipd.split_log import log_split, requested_split
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +106,10 @@ class PdmuxSemiPDScheduler(Scheduler):
     def apply_split(self, split: Split, who: str) -> dict:
         started = time.perf_counter()
         in_force = self.partition.apply(split, self._workers)
-        switch_s = time.perf_counter() - started
-        record = {"time": time.time(), "old": str(self.split) if self.split else None, "new": str(split),
-                  "who": who, "switch_ms": switch_s * 1e3, "unified": False,
-                  "applies": "at the next batch boundary", **in_force}
+        record = log_split(self.split_history, self.semipd_metrics, self.split, split, who,
+                           time.perf_counter() - started, unified=False,
+                           applies="at the next batch boundary", **in_force)
         self.split = split
-        self.split_history.append(record)
-        self.semipd_metrics.record_split(split.prefill, split.decode)
-        if record["old"] is not None:
-            self.semipd_metrics.record_switch(switch_s)
         return record
 
     def split_state(self) -> dict:
@@ -128,8 +124,7 @@ class PdmuxSemiPDScheduler(Scheduler):
             return {"ok": True, **self.split_state()}
         if op == "set_split":
             try:
-                split = Split(request.get("prefill"), request.get("decode"))
-                self.partition.check(split)
+                split = requested_split(request, self.partition)
             except InvalidSplit as exc:
                 return {"ok": False, "status": 400, "error": str(exc)}
             record = self.apply_split(split, who=str(request.get("who") or "admin"))
