@@ -69,6 +69,12 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
     return endpoint
 
 
+def remove_endpoint(endpoint: str) -> None:
+    path = endpoint.removeprefix("ipc://")
+    if os.path.exists(path):
+        os.unlink(path)
+
+
 def flag_value(args: list[str], flag: str) -> str | None:
     """The value given to `flag` in `args` ('--flag V' or '--flag=V'), '' for a bare flag, None if absent."""
     for i, arg in enumerate(args):
