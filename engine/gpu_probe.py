@@ -42,13 +42,15 @@ def ipc_sharing() -> str:
     return f"{'ok  ' if seen else 'FAIL'} CUDA IPC: a worker's write into the owner's tensor {'is' if seen else 'is not'} seen in place"
 
 
-def _busy(stream, a, iterations: int = 50) -> float:
+def _timed(work: list[tuple[object, torch.Tensor]], iterations: int = 50) -> float:
+    """Seconds to run a compute-bound loop on each (stream, matrix) at once."""
     torch.cuda.synchronize()
     start = time.perf_counter()
-    with torch.cuda.stream(stream):
-        for _ in range(iterations):
-            a = a @ a
-            a = a / a.norm()
+    for stream, a in work:
+        with torch.cuda.stream(stream):
+            for _ in range(iterations):
+                a = a @ a
+                a = a / a.norm()
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
@@ -61,22 +63,13 @@ def green_contexts() -> list[str]:
     props = torch.cuda.get_device_properties(0)
     half = props.multi_processor_count // 2 // 8 * 8
     try:
-        contexts = [GreenContext.create(half, 0), GreenContext.create(props.multi_processor_count - half, 0)]
+        contexts = [GreenContext.create(num_sms=n, device_id=0) for n in (half, props.multi_processor_count - half)]
         streams = [c.Stream() for c in contexts]
     except Exception as exc:  # a driver or torch without green-context support
         return [f"skip green contexts: {type(exc).__name__}: {exc}"]
     a = torch.randn(2048, 2048, device="cuda")
-    alone = [_busy(s, a.clone()) for s in streams]
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for s in streams:
-        with torch.cuda.stream(s):
-            b = a.clone()
-            for _ in range(50):
-                b = b @ b
-                b = b / b.norm()
-    torch.cuda.synchronize()
-    together = time.perf_counter() - start
+    alone = [_timed([(s, a.clone())]) for s in streams]
+    together = _timed([(s, a.clone()) for s in streams])
     event = torch.cuda.Event()
     torch.cuda.synchronize()
     started = time.perf_counter()
