@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split(": ", 1)[1]
     parser.add_argument("--model", metavar="PATH", help="model folder (default: the embedded tiny model)")
-    parser.add_argument("--split", default="1,1", metavar="P,D", help="the split at start (default 1,1)")
+    parser.add_argument("--split", metavar="P,D",
+                        help="the split at start (default: 1,1 on CPU; on a GPU the most even of its SM splits)")
     parser.add_argument("--policy", default="mpc", help="the tuner's policy (default mpc)")
     parser.add_argument("--ttft-slo", type=float, metavar="S", help="TTFT SLO (default: 7.5x unloaded, measured)")
     parser.add_argument("--tpot-slo", type=float, metavar="S", help="TPOT SLO (default: 7.5x unloaded, measured)")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     started = time.monotonic()
     try:
         model = args.model or "the tiny model (built on the first run)"
-        print(f"semipd up: starting the engine ({model}, semi-pd, split {args.split}) and the dashboard; "
+        print(f"semipd up: starting the engine ({model}, semi-pd, split {args.split or 'default'}) and the dashboard; "
               f"logs in {run_dir}/", flush=True)
         stack.launch()
         stack.engine.wait_ready(args.start_timeout)

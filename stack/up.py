@@ -81,7 +81,7 @@ class Stack:
     """The engine, dashboard and tuner processes (and the demo load) of one `semipd up`."""
 
     def __init__(self, run_dir: Path, host: str, engine_port: int, tuner_port: int, dashboard_port: int,
-                 model: str | None = None, split: str = "1,1", policy: str = "mpc", serve_args=()):
+                 model: str | None = None, split: str | None = None, policy: str = "mpc", serve_args=()):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.host, self.policy = run_dir, host, policy
         self.tuner_port = tuner_port
@@ -89,8 +89,8 @@ class Stack:
         self.url = {name: f"http://{local}:{port}" for name, port in
                     (("engine", engine_port), ("tuner", tuner_port), ("dashboard", dashboard_port))}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.engine = ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", "--split", split, "--host", host,
-                                     "--port", str(engine_port), *(["--model", model] if model else []),
+        self.engine = ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", *(["--split", split] if split else []),
+                                     "--host", host, "--port", str(engine_port), *(["--model", model] if model else []),
                                      *serve_args], self.url["engine"], run_dir / "engine.log", self.env)
         self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",
                                         self.url["engine"], "--host", host, "--port", str(dashboard_port)],
