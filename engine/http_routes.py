@@ -7,18 +7,24 @@ import json
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
 
 OPENAI_GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions")
+TOKEN_ID_FIELDS = {"/generate": "input_ids", "/v1/completions": "prompt"}  # where a request may give token ids
 
 
-class ModelNameCheck:
-    """ASGI middleware: an OpenAI request naming a model this server does not serve gets a 404
-    (as OpenAI and vLLM answer) instead of being served by whatever model is loaded."""
+class RequestCheck:
+    """ASGI middleware checking what SGLang would otherwise let through:
+    - an OpenAI request naming a model this server does not serve gets a 404 (as OpenAI and vLLM
+      answer) instead of being served by whatever model is loaded;
+    - a token id outside the vocabulary gets a 400 naming the valid range: SGLang passes it to the
+      embedding, whose IndexError takes the whole engine down (one request, a denial of service)."""
 
-    def __init__(self, app, served_names: set[str]):
+    def __init__(self, app, served_names: set[str], vocab_size: int | None):
         self.app = app
         self.served_names = served_names
+        self.vocab_size = vocab_size
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in OPENAI_GENERATION_ROUTES:
+        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
+        if path not in OPENAI_GENERATION_ROUTES and path not in TOKEN_ID_FIELDS:
             return await self.app(scope, receive, send)
         messages, body = [], b""
         while True:
@@ -27,13 +33,21 @@ class ModelNameCheck:
             body += message.get("body", b"")
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
-        model = _requested_model(body)
-        if model is not None and model not in self.served_names:
-            return await _send_json(send, 404, {
-                "object": "error", "type": "NotFoundError", "param": "model", "code": 404,
-                "message": f"The model '{model}' does not exist. This server serves: "
-                           + ", ".join(sorted(self.served_names)),
-            })
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None  # malformed bodies are SGLang's to reject, with its own 400
+        request = request if isinstance(request, dict) else {}
+        model = request.get("model")
+        if path in OPENAI_GENERATION_ROUTES and isinstance(model, str) and model and model not in self.served_names:
+            return await _send_json(send, 404, _error("NotFoundError", 404, "model",
+                                                      f"The model '{model}' does not exist. This server serves: "
+                                                      + ", ".join(sorted(self.served_names))))
+        bad = out_of_vocabulary(request.get(TOKEN_ID_FIELDS.get(path, "")), self.vocab_size)
+        if bad is not None:
+            return await _send_json(send, 400, _error("BadRequestError", 400, TOKEN_ID_FIELDS[path],
+                                                      f"token id {bad!r} is outside the vocabulary: valid ids "
+                                                      f"are 0 to {self.vocab_size - 1}"))
 
         async def replay():
             return messages.pop(0) if messages else await receive()
@@ -41,12 +55,20 @@ class ModelNameCheck:
         return await self.app(scope, replay, send)
 
 
-def _requested_model(body: bytes) -> str | None:
-    try:
-        model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
-        return None  # malformed bodies are SGLang's to reject, with its own 400
-    return model if isinstance(model, str) and model else None
+def out_of_vocabulary(ids, vocab_size: int | None):
+    """The first token id in `ids` (a list of ids, or a batch of such lists) outside 0..vocab_size-1;
+    None when all are in range or `ids` holds no token ids (text is SGLang's to tokenize)."""
+    if vocab_size is None or not isinstance(ids, list):
+        return None
+    for item in ids:
+        for token in (item if isinstance(item, list) else [item]):
+            if isinstance(token, int) and not isinstance(token, bool) and not 0 <= token < vocab_size:
+                return token
+    return None
+
+
+def _error(kind: str, status: int, param: str, message: str) -> dict:
+    return {"object": "error", "type": kind, "param": param, "code": status, "message": message}
 
 
 async def _send_json(send, status: int, payload: dict) -> None:
@@ -57,8 +79,8 @@ async def _send_json(send, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install(app, served_names: set[str]) -> None:
-    app.add_middleware(ModelNameCheck, served_names=served_names)
+def install(app, served_names: set[str], vocab_size: int | None) -> None:
+    app.add_middleware(RequestCheck, served_names=served_names, vocab_size=vocab_size)
 
 
 def install_semipd_routes(app, control_endpoint: str) -> None:

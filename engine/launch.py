@@ -126,7 +126,9 @@ def start(model: str, argv: list[str], announce, control_endpoint: str | None, t
     backend.register()  # before the flags are parsed: --attention-backend semipd_cpu is valid
     server_args = prepare_server_args(argv)
     app = http_app()
-    http_routes.install(app, {server_args.served_model_name or model, model})
+    config = Path(model) / "config.json"
+    vocab_size = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    http_routes.install(app, {server_args.served_model_name or model, model}, vocab_size)
     if control_endpoint:
         http_routes.install_semipd_routes(app, control_endpoint)
     entry = functools.partial(run_scheduler_process, semipd=bool(control_endpoint), tp_overlap=tp_overlap)

@@ -133,6 +133,13 @@ def test_invalid_split_gets_400_naming_the_valid_range_and_changes_nothing(semip
     assert after["split"] == before["split"] and len(after["history"]) == len(before["history"])
 
 
+def test_a_token_id_outside_the_vocabulary_is_refused_and_the_engine_serves_on(semipd_server, tiny_model):
+    r = httpx.post(semipd_server.url + "/generate", json={"input_ids": [1_000_000_000, 5]}, timeout=30)
+    assert r.status_code == 400 and "outside the vocabulary: valid ids are 0 to" in r.text
+    ids = prompt_ids(20, seed=31)
+    assert generate_ids(semipd_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
+
+
 def test_split_history_says_who_when_and_how_long(semipd_server, restore_split):
     assert set_split(semipd_server, 2, 1, headers={"x-semipd-who": "test-operator"}).status_code == 200
     state = get_split(semipd_server)
