@@ -48,7 +48,9 @@ class CpuCores:
     def check(self, split: Split) -> None:
         n = len(self.cores)
         for role, value in (("prefill", split.prefill), ("decode", split.decode)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= n:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidSplit(f"{role} share {value!r} is not a whole number of cores: {self.valid_range()}")
+            if not 1 <= value <= n:
                 raise InvalidSplit(f"{role} share {value!r} is out of range: {self.valid_range()}")
 
     def core_sets(self, split: Split) -> dict[str, list[int]]:

@@ -50,3 +50,15 @@ def test_a_process_that_is_gone_is_skipped_and_bad_choices_are_named(sleepers):
     CpuCores().apply(Split(1, 1), workers([gone.pid, *sleepers[1:]], {}))  # no error
     with pytest.raises(InvalidSplit, match="valid are prefill, decode, all"):
         CpuCores(frontend="gpu")
+
+
+@pytest.mark.parametrize("split,message", [
+    (Split(1.0, 1), "prefill share 1.0 is not a whole number of cores"),
+    (Split(1, "2"), "decode share '2' is not a whole number of cores"),
+    (Split(len(CORES) + 1, 1), f"prefill share {len(CORES) + 1} is out of range"),
+    (Split(1, 0), "decode share 0 is out of range"),
+])
+def test_a_bad_share_is_named_with_what_is_wrong_and_the_valid_range(split, message):
+    with pytest.raises(InvalidSplit, match=message) as error:
+        CpuCores().check(split)
+    assert f"from 1 to {len(CORES)}" in str(error.value)
