@@ -46,14 +46,13 @@ from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
 from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_REPARTITION, ENV_SPLIT
 from engine.semipd.shared_storage import SharedStorage
-from engine.semipd.split_log import log_split, requested_split
+from engine.semipd.split_log import log_split, new_history, requested_split
 from engine.sglang_seams import inject_forward
 
 logger = logging.getLogger(__name__)
 
 STEP_RECORDS = 20_000
 IDLE_WAIT_MS = 100
-HISTORY_RECORDS = 10_000
 
 
 class SemiPDScheduler(Scheduler):
@@ -74,7 +73,7 @@ class SemiPDScheduler(Scheduler):
         self.prefill_link = self._start_worker(split.prefill)
         self.prefill_link.wait_ready()
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)
-        self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
+        self.split_history: deque[dict] = new_history()
         self.split: Split | None = None
         self.resume_split: Split | None = None  # the split to return to once a new worker is ready
         # --repartition standby: a new split starts a worker on its prefill share (`standby`), swapped

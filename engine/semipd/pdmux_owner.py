@@ -32,11 +32,9 @@ from engine.partition.sm_groups import PdmuxSmGroups, sm_menu, stream_index
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.settings import ENV_CONTROL, ENV_SPLIT
-from engine.semipd.split_log import log_split, requested_split
+from engine.semipd.split_log import log_split, new_history, requested_split
 
 logger = logging.getLogger(__name__)
-
-HISTORY_RECORDS = 10_000
 
 
 def device_sms_and_major(gpu_id: int) -> tuple[int, int]:
@@ -77,7 +75,7 @@ class PdmuxSemiPDScheduler(Scheduler):
         if list(map(tuple, self.sm_counts)) != expected:
             raise RuntimeError(f"SGLang built the stream groups {self.sm_counts}, not semipd's {expected}")
 
-        self.split_history: deque[dict] = deque(maxlen=HISTORY_RECORDS)
+        self.split_history: deque[dict] = new_history()
         self.split: Split | None = None
         self.semipd_metrics = SemiPDMetrics({"model_name": str(get_serving().served_model_name)})
         self._workers = Workers(pids=lambda: {"prefill": os.getpid(), "decode": os.getpid()},

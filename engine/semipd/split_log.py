@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from engine.partition import Split
+
+HISTORY_RECORDS = 10_000
+
+
+def new_history() -> deque:
+    """The split history an owner keeps (the newest HISTORY_RECORDS changes)."""
+    return deque(maxlen=HISTORY_RECORDS)
 
 
 def requested_split(request: dict, partition) -> Split:
