@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = HELP
     parser.add_argument("--tuner", required=True, metavar="URL", help="a `semipd tune` service")
     parser.add_argument("--engine", default="", metavar="URL", help="its engine, for KV and radix cache panels")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1); its controls ask for the tuner's key, and "
+                             "are not offered beyond loopback for a tuner without one")
     parser.add_argument("--port", type=int, default=8501)
 
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     app = Path(dashboard.__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--", "--tuner", args.tuner, "--engine", args.engine]
+               "--browser.gatherUsageStats", "false", "--", "--tuner", args.tuner, "--engine", args.engine,
+               "--bind", args.host]
     print(f"semipd dashboard: http://{args.host}:{args.port} (tuner {args.tuner})", flush=True)
     # app.py imports the dashboard package: the folder above it goes on the path of streamlit's process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parent.parent), os.environ.get("PYTHONPATH")]))}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -41,12 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cores and threads change at once) or standby (a new worker is started on the new "
                              "share and swapped in at a batch boundary, as MPS needs: a process's SM share is "
                              "fixed when it starts)")
+    parser.add_argument("--prefill-timeout", type=float, default=60.0, metavar="S",
+                        help="semi-pd on CPU: a prefill worker that holds a batch this long without answering "
+                             "(stopped, deadlocked) is killed and replaced, its batches prefilled by the decode "
+                             "worker (default 60; 0.5 to 3600)")
     parser.add_argument("--tp-overlap", nargs="?", const="auto", metavar="GROUPS",
                         help="with --tp-size > 1: overlap each o_proj / down_proj GEMM with its "
                              "all-reduce, group of output rows by group; GROUPS is 'auto' (tuned per "
                              "shape, the default when the flag is given bare) or a fixed group count "
                              "(see docs/tensor-overlap.md)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1); beyond loopback an admin key is required: "
+                             "SEMIPD_ADMIN_KEY in the environment, or SGLang's --admin-api-key")
     parser.add_argument("--port", type=int, default=30000, help="port (default 30000)")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="default: cuda when a GPU is present, else cpu")
@@ -57,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from contract.access import ADMIN_KEY_ENV, check_exposure
     from engine import launch
     from engine.device_env import detect_device
     from engine.partition import InvalidSplit
@@ -64,6 +72,12 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     from engine.tensor_overlap import sglang_patch
     from engine.tensor_overlap.cpu_tp import tp_size_from_args
 
+    passthrough, key = launch.with_admin_key(passthrough, os.environ.get(ADMIN_KEY_ENV))
+    try:
+        check_exposure(args.host, key, "the engine", f"set {ADMIN_KEY_ENV} (or --admin-api-key KEY)")
+    except ValueError as exc:
+        print(f"semipd serve: {exc}", file=sys.stderr)
+        return 2
     device = args.device or detect_device()
     launch.prepare_device(device, passthrough)
     if args.tp_overlap is not None:
@@ -82,7 +96,8 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.mode == "semi-pd":
         try:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
-                                                  args.prefill_pipeline, args.repartition, device)
+                                                  args.prefill_pipeline, args.repartition, device,
+                                                  args.prefill_timeout)
             # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force
             passthrough = ([*passthrough, "--disable-overlap-schedule"] if device == "cpu"
                            else settings.pdmux_argv(passthrough))
@@ -103,7 +118,7 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
 
     argv = launch.sglang_argv(model, args.host, args.port, device, passthrough)
     if args.dry_run:
-        print(" ".join(["python", "-m", "sglang.launch_server", *argv]))
+        print(" ".join(["python", "-m", "sglang.launch_server", *launch.shown_argv(argv)]))
         return 0
     from engine.sglang_seams import SeamChanged, check_seams
 

@@ -6,11 +6,17 @@ split, decisions with reasons, events), /decisions, /events, /metrics (Prometheu
 POST /settings {"ttft_slo_s", "tpot_slo_s", "policy", "params", "enabled", "interval_s"} and
 POST /split {"prefill": P, "decode": D} (set by hand). Settings, the policy's state and decisions
 are kept in --store (SQLite): a restarted tuner resumes them (--fresh starts over).
+
+Keys, best given in the environment (a command line is visible to every user of the machine):
+SEMIPD_TUNER_KEY, this tuner's own, then required as 'Authorization: Bearer KEY' on its POST
+routes (reads stay open); SEMIPD_ADMIN_KEY, the engine's admin key, sent with each split. Bound
+beyond loopback (--host 0.0.0.0), the tuner refuses to start without its key.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -19,6 +25,8 @@ HELP = "the tuner service: move a semi-pd engine's split live to keep TTFT/TPOT 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__.split(": ", 1)[1]
     parser.add_argument("--engine", required=True, metavar="URL", help="a `semipd serve --mode semi-pd` engine")
@@ -34,28 +42,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=31000)
     parser.add_argument("--store", default="semipd-tuner.db", help="SQLite file for settings and decisions")
     parser.add_argument("--fresh", action="store_true", help="ignore the settings and policy state in --store")
-    parser.add_argument("--admin-key", help="the engine's --admin-api-key, if it has one")
+    parser.add_argument("--admin-key", metavar="KEY",
+                        help=f"the engine's admin key, if it has one (default: ${ADMIN_KEY_ENV})")
+    parser.add_argument("--key", metavar="KEY",
+                        help=f"this tuner's key, required on its POST routes (default: ${TUNER_KEY_ENV}; "
+                             "none: they are open, and the tuner must bind loopback)")
     parser.add_argument("--off", action="store_true", help="start with the tuner observing only (no splits applied)")
 
 
 def run(args: argparse.Namespace, passthrough=()) -> int:
+    from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV, check_exposure
     from tuner.control_loop import Settings
     from tuner.launch import policy_params, start_tuner
 
+    key = args.key or os.environ.get(TUNER_KEY_ENV) or None
+    admin_key = args.admin_key or os.environ.get(ADMIN_KEY_ENV) or None
     try:
+        check_exposure(args.host, key, "the tuner", f"set {TUNER_KEY_ENV} (or --key KEY)")
         if args.params and args.study:
             raise ValueError("give --params or --study, not both")
         params = policy_params(args.policy, args.params, args.study, args.storage)
         settings = Settings(args.ttft_slo, args.tpot_slo, args.policy, params, not args.off, args.interval)
-        tuner, server = start_tuner(args.engine, settings, args.store, args.host, args.port, args.admin_key,
-                                    args.prometheus, fresh=args.fresh)
+        tuner, server = start_tuner(args.engine, settings, args.store, args.host, args.port, admin_key,
+                                    args.prometheus, fresh=args.fresh, key=key)
     except (ValueError, OSError) as exc:
         print(f"semipd tune: {exc}", file=sys.stderr)
         return 2
     s = tuner.settings
     print(f"semipd tune: {'resumed from ' + args.store if tuner.resumed else 'started'}; policy {s.policy}, "
           f"SLOs TTFT {s.ttft_slo_s} s / TPOT {s.tpot_slo_s} s, every {s.interval_s} s, "
-          f"{'on' if s.enabled else 'off'}; state at http://{args.host}:{server.server_port}/state", flush=True)
+          f"{'on' if s.enabled else 'off'}; state at http://{args.host}:{server.server_port}/state; "
+          f"controls {'need its key' if key else 'open (no key; loopback only)'}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

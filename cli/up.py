@@ -7,6 +7,10 @@ dashboard at once; once the engine answers, measures it unloaded and sets tight 
 Prints the URLs. Ctrl-C (or SIGTERM) stops everything; a part that dies stops the rest, and its
 log's last lines are printed. Logs and the tuner's store are kept in --run-dir. Flags it does not
 know go to `semipd serve` (and so to SGLang).
+
+Keys: the engine's admin key and the tuner's key are taken from SEMIPD_ADMIN_KEY and
+SEMIPD_TUNER_KEY, or generated; they are written to --run-dir/keys.env (readable by you only) and
+the tuner's is printed: the dashboard's controls ask for it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ def checked_ports(args) -> dict[str, int]:
     return ports
 
 
+def tuner_key_shown(stack) -> str:
+    from contract.access import TUNER_KEY_ENV
+
+    keys = f"both keys in {stack.run_dir}/keys.env"
+    if TUNER_KEY_ENV in stack.generated_keys:
+        return f"{stack.keys[TUNER_KEY_ENV]}  (the dashboard's controls ask for it; {keys})"
+    return f"from ${TUNER_KEY_ENV}  ({keys})"
+
+
 def run(args: argparse.Namespace, passthrough=()) -> int:
     from loadtest.workload import WorkloadError
     from policies import POLICIES
@@ -107,6 +120,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
               f"  engine     {url['engine']}  (SGLang API; split at /semipd/split, metrics at /metrics)\n"
               f"  tuner      {url['tuner']}/state  (policy {args.policy}; SLOs TTFT {ttft * 1e3:.0f} ms, "
               f"TPOT {tpot * 1e3:.1f} ms: {origin})\n"
+              + f"  tuner key  {tuner_key_shown(stack)}\n"
               + (f"  demo load  {demo[0]}, {len(demo[1])} requests a round, in a loop\n" if demo else "")
               + "Ctrl-C stops everything.", flush=True)
         while True:

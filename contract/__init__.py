@@ -22,6 +22,7 @@ BATCH_SIZE = "semipd:batch_size"
 QUEUE_LENGTH = "semipd:queue_length"
 REPARTITIONS = "semipd:repartitions_total"
 SWITCH_LATENCY = "semipd:switch_latency_seconds"
+WORKER_DEATHS = "semipd:prefill_worker_deaths_total"  # label `cause`: "exited" or "hung"
 WORKERS = ("prefill", "decode")
 
 # Histogram bounds for TTFT and TPOT: finer than SGLang's defaults (0.1, 0.2, 0.4, ... s) so that
@@ -67,7 +68,8 @@ def read_split_state(state) -> tuple[tuple[int, int], int]:
     return split, units
 
 
-# -- the tuner's API (read by the dashboard) -----------------------------------------------------
+# -- the tuner's API (read by the dashboard); POST routes need the tuner's key when it has one ------
 TUNER_STATE_ROUTE = "/state"        # GET: settings, status, split (the engine's split_state or None), windows, ...
 TUNER_SETTINGS_ROUTE = "/settings"  # POST {ttft_slo_s, tpot_slo_s, policy, params, enabled, interval_s} (any subset)
 TUNER_SPLIT_ROUTE = "/split"        # POST split_request(): set by hand
+TUNER_AUTH_ROUTE = "/auth"          # POST {}: 200 when the request carries the tuner's key (it changes nothing)

@@ -2,7 +2,9 @@
 
 It talks to the tuner's HTTP API (and the engine's /metrics) only. The live panels refresh every
 2 s in a fragment; the controls below them change the tuner's settings, set the split by hand,
-and start an Optuna search whose trials it follows.
+and start an Optuna search whose trials it follows. The controls are shown once the user has
+given the tuner's key (the tuner checks it); a tuner without a key has open controls, which the
+dashboard offers only when it serves loopback.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
+from contract.access import TUNER_KEY_ENV, is_loopback
 from dashboard import tuner_client as api
 from policies import POLICIES, get_policy
 
 
-def urls_from_command_line() -> tuple[str, str]:
+def from_command_line() -> tuple[str, str, str]:
+    """(tuner URL, engine URL, the address this dashboard serves)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--tuner", default=os.environ.get("SEMIPD_TUNER_URL", "http://127.0.0.1:31000"))
     parser.add_argument("--engine", default=os.environ.get("SEMIPD_ENGINE_URL", ""))
+    parser.add_argument("--bind", default="127.0.0.1")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.tuner, args.engine
+    return args.tuner, args.engine, args.bind
 
 
 def seconds_ago(windows: list[dict]) -> pd.Index:
@@ -124,7 +129,35 @@ def gpu_panel() -> None:
         cols[3].metric("power", f"{pynvml.nvmlDeviceGetPowerUsage(h) / 1000:.0f} W")
 
 
-def controls(tuner: str) -> None:
+def unlocked(tuner: str, bind: str) -> tuple[bool, str | None]:
+    """(whether this session may use the controls, the key to send with them). Asks for the
+    tuner's key, which the tuner checks, and keeps it in the session."""
+    health = api.health(tuner)
+    if health.error:
+        return False, None
+    if not health.data.get("key_required"):
+        if is_loopback(bind):
+            return True, None
+        st.warning(f"read-only: the tuner has no key, so its controls are not offered beyond this machine "
+                   f"(start the tuner with {TUNER_KEY_ENV} set)")
+        return False, None
+    if st.session_state.get("tuner_key"):
+        return True, st.session_state["tuner_key"]
+    with st.form("unlock"):
+        typed = st.text_input("tuner key", type="password", key="typed_key",
+                              help=f"the tuner's {TUNER_KEY_ENV}; `semipd up` prints it")
+        if st.form_submit_button("unlock controls"):
+            reply = api.check_key(tuner, typed)
+            if reply.error:
+                st.error(f"key refused: {reply.error}")
+            else:
+                st.session_state["tuner_key"] = typed
+                st.rerun()
+    st.caption("read-only until the tuner's key is given: SLOs, policy, the split and searches need it")
+    return False, None
+
+
+def controls(tuner: str, key: str | None) -> None:
     reply = api.state(tuner)
     if reply.error:
         return
@@ -134,11 +167,11 @@ def controls(tuner: str) -> None:
         ttft = st.number_input("TTFT SLO (s)", value=settings["ttft_slo_s"], format="%.3f", key="ttft_slo")
         tpot = st.number_input("TPOT SLO (s)", value=settings["tpot_slo_s"], format="%.4f", key="tpot_slo")
         if st.form_submit_button("apply SLOs"):
-            show(api.update_settings(tuner, ttft_slo_s=ttft, tpot_slo_s=tpot), "SLOs updated")
+            show(api.update_settings(tuner, key, ttft_slo_s=ttft, tpot_slo_s=tpot), "SLOs updated")
     with policy:
         enabled = st.toggle("tuner on", value=settings["enabled"], key="enabled")
         if enabled != settings["enabled"]:
-            show(api.update_settings(tuner, enabled=enabled), f"tuner {'on' if enabled else 'off'}")
+            show(api.update_settings(tuner, key, enabled=enabled), f"tuner {'on' if enabled else 'off'}")
         # outside the form: choosing a policy shows its parameters at once
         name = st.selectbox("policy", POLICIES, index=POLICIES.index(settings["policy"]), key="policy")
         with st.form("policy"):
@@ -150,7 +183,7 @@ def controls(tuner: str) -> None:
                 except ValueError as exc:
                     st.error(f"parameters are not JSON: {exc}")
                 else:
-                    show(api.update_settings(tuner, policy=name, params=params), f"policy {name} applied")
+                    show(api.update_settings(tuner, key, policy=name, params=params), f"policy {name} applied")
     with manual:
         if not split:
             st.info("the engine's split is not known yet")
@@ -165,7 +198,8 @@ def controls(tuner: str) -> None:
                     if not sure:
                         st.warning("tick the confirmation first")
                     else:
-                        show(api.force_split(tuner, int(prefill), int(decode)), f"split set to {prefill},{decode}")
+                        show(api.force_split(tuner, key, int(prefill), int(decode)),
+                             f"split set to {prefill},{decode}")
     with search:
         search_panel(settings)
 
@@ -225,13 +259,16 @@ def show(reply: api.Reply, success: str) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="semipd", layout="wide")
-    tuner_default, engine_default = urls_from_command_line()
+    tuner_default, engine_default, bind = from_command_line()
     tuner = st.session_state.setdefault("tuner_url", tuner_default)
     engine = st.session_state.setdefault("engine_url", engine_default)
+    bind = st.session_state.setdefault("bind", bind)
     st.title("semipd: SLOs and the compute split")
     st.fragment(run_every=2)(lambda: live_panels(tuner, engine))()
     st.divider()
-    controls(tuner)
+    allowed, key = unlocked(tuner, bind)
+    if allowed:
+        controls(tuner, key)
 
 
 main()

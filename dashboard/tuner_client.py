@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from contract import (CACHE_HIT_RATE, KV_CAPACITY_TOKENS, KV_USED_TOKENS, TUNER_SETTINGS_ROUTE, TUNER_SPLIT_ROUTE,
-                      TUNER_STATE_ROUTE, split_request)
+from contract import (CACHE_HIT_RATE, KV_CAPACITY_TOKENS, KV_USED_TOKENS, TUNER_AUTH_ROUTE, TUNER_SETTINGS_ROUTE,
+                      TUNER_SPLIT_ROUTE, TUNER_STATE_ROUTE, split_request)
+from contract.access import bearer
 from tuner.engine_metrics import MetricsError, parse, total
 
 TIMEOUT_S = 5.0
@@ -38,12 +39,23 @@ def state(tuner: str) -> Reply:
     return _call("GET", tuner.rstrip("/") + TUNER_STATE_ROUTE)
 
 
-def update_settings(tuner: str, **changes) -> Reply:
-    return _call("POST", tuner.rstrip("/") + TUNER_SETTINGS_ROUTE, json=changes)
+def health(tuner: str) -> Reply:
+    """{"ok", "status", "key_required"}: whether the tuner's controls need its key."""
+    return _call("GET", tuner.rstrip("/") + "/health")
 
 
-def force_split(tuner: str, prefill: int, decode: int) -> Reply:
-    return _call("POST", tuner.rstrip("/") + TUNER_SPLIT_ROUTE, json=split_request(prefill, decode, "dashboard"))
+def check_key(tuner: str, key: str) -> Reply:
+    """Whether the tuner takes `key` on its control routes (an error naming why not)."""
+    return _call("POST", tuner.rstrip("/") + TUNER_AUTH_ROUTE, json={}, headers=bearer(key))
+
+
+def update_settings(tuner: str, key: str | None, **changes) -> Reply:
+    return _call("POST", tuner.rstrip("/") + TUNER_SETTINGS_ROUTE, json=changes, headers=bearer(key))
+
+
+def force_split(tuner: str, key: str | None, prefill: int, decode: int) -> Reply:
+    return _call("POST", tuner.rstrip("/") + TUNER_SPLIT_ROUTE, json=split_request(prefill, decode, "dashboard"),
+                 headers=bearer(key))
 
 
 def engine_cache(engine: str) -> Reply:

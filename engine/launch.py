@@ -23,8 +23,41 @@ KV_MEMORY_FRACTION = 0.10
 KV_TOKENS_MAX = 262_144
 
 
+KEY_FLAGS = ("--admin-api-key", "--api-key")  # SGLang's: the admin routes need one of them once set
+
+
 def _has_flag(args: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value of `flag` in `args` (`--flag V` or `--flag=V`; the last one wins), or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def with_admin_key(passthrough: list[str], env_key: str | None) -> tuple[list[str], str | None]:
+    """(passthrough with the admin key from the environment added unless a flag gives one, the key
+    that guards the admin routes: the admin key, else SGLang's --api-key, else None)."""
+    if env_key and not _has_flag(passthrough, "--admin-api-key"):
+        passthrough = [*passthrough, "--admin-api-key", env_key]
+    return passthrough, next(filter(None, (flag_value(passthrough, f) for f in KEY_FLAGS)), None)
+
+
+def shown_argv(argv: list[str]) -> list[str]:
+    """`argv` with key values masked, for printing."""
+    shown = list(argv)
+    for i, arg in enumerate(shown):
+        if arg in KEY_FLAGS and i + 1 < len(shown):
+            shown[i + 1] = "***"
+        elif arg.split("=", 1)[0] in KEY_FLAGS and "=" in arg:
+            shown[i] = arg.split("=", 1)[0] + "=***"
+    return shown
 
 
 def kv_bytes_per_token(config: dict, dtype_bytes: int = 4) -> int:

@@ -3,18 +3,22 @@
 
 The engine (`semipd serve --mode semi-pd`) and the dashboard start at once; the tuner once the
 engine answers, with SLOs measured on it unloaded (7.5x, as `semipd calibrate-slo` does) unless
-given. Parts are stopped in the reverse order.
+given. Parts are stopped in the reverse order. The engine's admin key and the tuner's key come
+from the environment or are generated, and reach each part through its environment (the
+dashboard gets none: its user gives the tuner's key).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import sys
 import threading
 from pathlib import Path
 
+from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
 from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
 from loadtest.load_generator import replay
 from loadtest.workload import parse_workload
@@ -77,6 +81,21 @@ def measured_slos(engine_url: str, ttft_slo_s: float | None, tpot_slo_s: float |
             f"7.5x unloaded (TTFT {measured['ttft_p50_s'] * 1e3:.0f} ms, TPOT {measured['tpot_p50_s'] * 1e3:.1f} ms)")
 
 
+def stack_keys(environ, run_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """({variable: key} for the engine's admin key and the tuner's key, the names of those generated
+    here): taken from the environment where set, else new ones; written to run_dir/keys.env (0600)."""
+    keys, generated = {}, []
+    for name in (ADMIN_KEY_ENV, TUNER_KEY_ENV):
+        keys[name] = environ.get(name) or secrets.token_urlsafe(18)
+        if not environ.get(name):
+            generated.append(name)
+    path = run_dir / "keys.env"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{name}={key}\n" for name, key in keys.items()))
+    return keys, generated
+
+
 class Stack:
     """The engine, dashboard and tuner processes (and the demo load) of one `semipd up`."""
 
@@ -88,13 +107,16 @@ class Stack:
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         self.url = {name: f"http://{local}:{port}" for name, port in
                     (("engine", engine_port), ("tuner", tuner_port), ("dashboard", dashboard_port))}
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        plain = {k: v for k, v in os.environ.items() if k not in (ADMIN_KEY_ENV, TUNER_KEY_ENV)}
+        self.keys, self.generated_keys = stack_keys(os.environ, run_dir)
+        self.env = {**plain, **self.keys, "PYTHONUNBUFFERED": "1"}
         self.engine = ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", *(["--split", split] if split else []),
                                      "--host", host, "--port", str(engine_port), *(["--model", model] if model else []),
                                      *serve_args], self.url["engine"], run_dir / "engine.log", self.env)
         self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",
                                         self.url["engine"], "--host", host, "--port", str(dashboard_port)],
-                                       self.url["dashboard"], run_dir / "dashboard.log", self.env)
+                                       self.url["dashboard"], run_dir / "dashboard.log",
+                                       {**plain, "PYTHONUNBUFFERED": "1"})
         self.tuner: ServerProcess | None = None
         self.parts: list[tuple[str, ServerProcess]] = []  # the started ones, in order
         self.load: DemoLoad | None = None

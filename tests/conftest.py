@@ -65,10 +65,11 @@ def semipd_server(tiny_model, tmp_path_factory):
     server.stop()
 
 
-def start_tuner(engine_url: str, store: Path, *extra: str, port: int | None = None) -> ServerProcess:
-    """`semipd tune` as a user starts it, on loopback."""
+def start_tuner(engine_url: str, store: Path, *extra: str, port: int | None = None,
+                env: dict | None = None) -> ServerProcess:
+    """`semipd tune` as a user starts it, on loopback (`env`: more environment, such as keys)."""
     port = port or free_port()
     command = [*SEMIPD, "tune", "--engine", engine_url, "--port", str(port), "--store", str(store), *extra]
     tuner = ServerProcess(command, f"http://127.0.0.1:{port}", store.with_suffix(f".{port}.log"),
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     return tuner.start(timeout_s=60)

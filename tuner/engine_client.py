@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from contract import SPLIT_ROUTE, read_split_state, split_request
+from contract.access import bearer
 from tuner.engine_metrics import Snapshot, parse
 
 
@@ -17,7 +18,7 @@ class EngineClient:
 
     def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 5.0):
         self.url = url.rstrip("/")
-        self.headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self.headers = bearer(admin_key)
         self.timeout_s = timeout_s
 
     def split(self) -> dict | None:

@@ -23,10 +23,12 @@ def policy_params(policy: str, params_path: str | None = None, study: str | None
 
 
 def start_tuner(engine_url: str, settings: Settings, store_path: str, host: str, port: int,
-                admin_key: str | None = None, prometheus_url: str | None = None, fresh: bool = False):
+                admin_key: str | None = None, prometheus_url: str | None = None, fresh: bool = False,
+                key: str | None = None):
     """(tuner, its HTTP server, already serving); `tuner.run(stop)` runs the loop until `stop` is set.
-    A store holding settings resumes them unless `fresh`."""
+    A store holding settings resumes them unless `fresh`. `admin_key` is the engine's; `key` the
+    tuner's own, required on its control routes when given."""
     engine = EngineClient(engine_url, admin_key)
     source = PrometheusSource(prometheus_url, engine_url) if prometheus_url else None
     tuner = Tuner(engine, TunerStore(store_path), settings, source, fresh=fresh)
-    return tuner, serve(tuner, host, port)
+    return tuner, serve(tuner, host, port, key)

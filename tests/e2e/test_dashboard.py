@@ -14,12 +14,14 @@ from loadtest.workload import Request
 from tests.conftest import REPO, free_port, start_tuner
 
 APP = str(REPO / "dashboard" / "app.py")
+KEY = "dashboard-test-key"
 
 
 @pytest.fixture(scope="module")
 def tuner(semipd_server, tmp_path_factory):
     server = start_tuner(semipd_server.url, tmp_path_factory.mktemp("dash") / "t.db", "--policy", "static",
-                         "--ttft-slo", "1", "--tpot-slo", "0.5", "--interval", "0.5", "--off")
+                         "--ttft-slo", "1", "--tpot-slo", "0.5", "--interval", "0.5", "--off",
+                         env={"SEMIPD_TUNER_KEY": KEY})
     for seed in range(3):  # traffic, so that there are windows to draw
         asyncio.run(replay(semipd_server.url, [Request(0.1 * i, 32, 8) for i in range(6)], 1000, seed=500 + seed))
     deadline = time.monotonic() + 20
@@ -29,11 +31,46 @@ def tuner(semipd_server, tmp_path_factory):
     server.stop()
 
 
-def app(tuner_url: str, engine_url: str = "") -> AppTest:
+def app(tuner_url: str, engine_url: str = "", key: str | None = KEY, bind: str = "127.0.0.1") -> AppTest:
+    """The page as a user who has given `key` (None: not given) sees it."""
     at = AppTest.from_file(APP, default_timeout=30)
     at.session_state["tuner_url"] = tuner_url
     at.session_state["engine_url"] = engine_url
+    at.session_state["bind"] = bind
+    if key:
+        at.session_state["tuner_key"] = key
     return at.run()
+
+
+def labels(at: AppTest) -> list[str]:
+    return [b.label for b in at.button]
+
+
+def test_controls_are_shown_only_once_the_tuner_took_the_key(tuner, tmp_path):
+    at = app(tuner.url, key=None)
+    assert not at.exception and "apply SLOs" not in labels(at) and "set split" not in labels(at)
+    assert labels(at) == ["unlock controls"] and at.metric  # the live panels are there, read-only
+    at.text_input(key="typed_key").set_value("not-the-key")
+    at.button[0].click().run()
+    assert any("key refused" in e.value and "401" in e.value for e in at.error)
+    assert "apply SLOs" not in labels(at)
+    at.text_input(key="typed_key").set_value(KEY)
+    at.button[0].click().run()
+    assert {"apply SLOs", "apply policy", "set split", "start search (simulator)"} <= set(labels(at))
+    # a key the tuner does not take, however it got into the session, changes nothing
+    forged = app(tuner.url, key="forged")
+    forged.number_input(key="ttft_slo").set_value(0.3)
+    forged.button[0].click().run()
+    assert any("401" in e.value for e in forged.error) and settings(tuner)["ttft_slo_s"] != 0.3
+    # a tuner without a key: its open controls are offered on loopback only
+    keyless = start_tuner(f"http://127.0.0.1:{free_port()}", tmp_path / "open.db", "--ttft-slo", "1",
+                          "--tpot-slo", "1")
+    try:
+        assert "apply SLOs" in labels(app(keyless.url, key=None))
+        exposed = app(keyless.url, key=None, bind="0.0.0.0")
+        assert not labels(exposed) and any("read-only" in w.value for w in exposed.warning)
+    finally:
+        keyless.stop()
 
 
 def settings(tuner) -> dict:
@@ -128,7 +165,7 @@ def test_the_page_in_a_real_browser(tuner, semipd_server, tmp_path):
         asyncio.run(replay(semipd_server.url, [Request(0.1 * i, 32, 8) for i in range(6)], 1000, seed=900))
         shot = tmp_path / "dashboard.png"
         slo_ms = f"{settings(tuner)['ttft_slo_s'] * 1e3:.0f} ms"
-        expect = ["TTFT SLO", slo_ms, "split (prefill, decode)", "compute split", "decisions"]
+        expect = ["TTFT SLO", slo_ms, "split (prefill, decode)", "compute split", "decisions", "unlock controls"]
         text, html = open_page(chromium, dashboard.url, free_port(), expect, 90, shot)
         for wanted in expect:
             assert wanted in text, f"{wanted!r} is not on the page"

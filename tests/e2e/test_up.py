@@ -13,6 +13,7 @@ import time
 
 import httpx
 
+from contract.access import bearer
 from stack.up import port_in_use
 from tests.conftest import REPO, free_port
 from tests.headless_browser import open_page
@@ -66,6 +67,18 @@ def test_semipd_up_demo_from_the_readme_shows_traffic(tmp_path):
               f"traffic on the page {shown_after:.0f} s later")
         state = httpx.get("http://127.0.0.1:31000/state", timeout=10).json()
         assert state["status"] == "ok" and sum(w["ttft_count"] for w in state["windows"]) > 0
+        # keys were generated: the tuner's is printed, both are in the run folder, for the user only
+        tuner_key = re.search(r"tuner key\s+(\S+)\s+\(the dashboard",
+                              wait_for_line(stack, r"tuner key", 10, seen)).group(1)
+        keys_file = REPO / "semipd-up" / "keys.env"
+        assert keys_file.stat().st_mode & 0o777 == 0o600
+        keys = dict(line.split("=", 1) for line in keys_file.read_text().split())
+        assert keys["SEMIPD_TUNER_KEY"] == tuner_key and len(keys["SEMIPD_ADMIN_KEY"]) >= 20
+        tuner_auth, engine_split = "http://127.0.0.1:31000/auth", "http://127.0.0.1:30000/semipd/split"
+        assert httpx.post(tuner_auth, json={}, timeout=10).status_code == 401
+        assert httpx.post(tuner_auth, json={}, headers=bearer(tuner_key), timeout=10).status_code == 200
+        assert httpx.get(engine_split, timeout=10).status_code == 401
+        assert httpx.get(engine_split, headers=bearer(keys["SEMIPD_ADMIN_KEY"]), timeout=10).status_code == 200
     finally:
         os.killpg(stack.pid, signal.SIGINT)  # Ctrl-C in the terminal
         output = stack.communicate(timeout=120)[0]

@@ -110,3 +110,27 @@ def test_volumes_and_build_files_exist(compose):
             for line in dockerfile.read_text().splitlines():
                 if line.startswith("COPY "):
                     assert all((REPO / p).exists() for p in line.split()[1:-1]), line
+
+
+def test_keys_are_required_from_the_environment_and_never_on_a_command_line(compose):
+    """Compose's ${VAR:?message} refuses to start when VAR is unset or empty, printing the message:
+    each service that serves control routes beyond its container gets its key that way."""
+    from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV, check_exposure
+
+    services = compose["services"]
+    required = {}
+    for name, service in services.items():
+        for var, value in (service.get("environment") or {}).items():
+            needed = re.fullmatch(r"\$\{(\w+):\?(.+)\}", str(value))
+            if needed:
+                assert needed.group(1) == var and f"set {var}" in needed.group(2), (name, value)
+                required.setdefault(name, set()).add(var)
+    assert required == {"engine": {ADMIN_KEY_ENV}, "tuner": {ADMIN_KEY_ENV, TUNER_KEY_ENV}}
+    for name, key_env in (("engine", ADMIN_KEY_ENV), ("tuner", TUNER_KEY_ENV)):
+        host = flag(services[name]["command"], "--host")
+        check_exposure(host, key_env in required[name] and "set", name, "")  # what the service itself checks
+        with pytest.raises(ValueError):
+            check_exposure(host, None, name, "")  # and, without the key, would refuse
+    for service in services.values():
+        command = " ".join(service.get("command", []))
+        assert not re.search(r"--(admin-api-key|api-key|admin-key|key)\b", command), command

@@ -33,3 +33,18 @@ def test_bad_split_and_bad_model_fail_before_starting(tmp_path):
     assert missing.returncode == 2 and "not a model folder" in missing.stderr
     deep = serve("--mode", "semi-pd", "--prefill-pipeline", "3", "--dry-run")
     assert deep.returncode == 2 and "--prefill-pipeline" in deep.stderr and "choose from 1, 2" in deep.stderr
+
+
+def test_beyond_loopback_the_engine_needs_an_admin_key(tiny_model):
+    import os
+
+    open_to_all = serve("--model", str(tiny_model), "--host", "0.0.0.0", "--dry-run")
+    assert open_to_all.returncode == 2 and "SEMIPD_ADMIN_KEY" in open_to_all.stderr, open_to_all.stderr
+    keyed = subprocess.run([*SEMIPD, "--model", str(tiny_model), "--host", "0.0.0.0", "--dry-run"],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "SEMIPD_ADMIN_KEY": "k3y-from-env"})
+    out = keyed.stdout.split()
+    assert keyed.returncode == 0 and out[out.index("--admin-api-key") + 1] == "***"  # given, and not printed
+    assert "k3y-from-env" not in keyed.stdout
+    flagged = serve("--model", str(tiny_model), "--host", "0.0.0.0", "--admin-api-key=abc", "--dry-run")
+    assert flagged.returncode == 0 and "--admin-api-key=***" in flagged.stdout.split()
