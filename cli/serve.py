@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cores and threads change at once) or standby (a new worker is started on the new "
                              "share and swapped in at a batch boundary, as MPS needs: a process's SM share is "
                              "fixed when it starts)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
+                        help="largest request body accepted, in MiB; larger ones get a 413 (default 64; "
+                             "1 to 4096)")
     parser.add_argument("--prefill-timeout", type=float, default=60.0, metavar="S",
                         help="semi-pd on CPU: a prefill worker that holds a batch this long without answering "
                              "(stopped, deadlocked) is killed and replaced, its batches prefilled by the decode "
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
     passthrough, key = launch.with_admin_key(passthrough, os.environ.get(ADMIN_KEY_ENV))
     try:
         check_exposure(args.host, key, "the engine", f"set {ADMIN_KEY_ENV} (or --admin-api-key KEY)")
+        if not 1 <= args.max_body_mb <= 4096:
+            raise ValueError(f"--max-body-mb {args.max_body_mb} is out of range 1..4096")
     except ValueError as exc:
         print(f"semipd serve: {exc}", file=sys.stderr)
         return 2
@@ -134,5 +139,5 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"\nsemipd: serving {model} ({args.mode} mode, {device}) at http://{shown_host}:{args.port}\n"
               f"Try:\n  {launch.curl_example(shown_host, args.port)}\n", flush=True)
 
-    launch.start(model, argv, announce, control_endpoint, args.tp_overlap is not None)
+    launch.start(model, argv, announce, control_endpoint, args.tp_overlap is not None, int(args.max_body_mb * 2**20))
     return 0

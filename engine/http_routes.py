@@ -12,18 +12,26 @@ TOKEN_ID_FIELDS = {"/generate": "input_ids", "/v1/completions": "prompt"}  # whe
 
 class RequestCheck:
     """ASGI middleware checking what SGLang would otherwise let through:
+    - a body larger than `max_body_bytes` gets a 413 naming the limit (SGLang reads any size into
+      memory);
     - an OpenAI request naming a model this server does not serve gets a 404 (as OpenAI and vLLM
       answer) instead of being served by whatever model is loaded;
     - a token id outside the vocabulary gets a 400 naming the valid range: SGLang passes it to the
       embedding, whose IndexError takes the whole engine down (one request, a denial of service)."""
 
-    def __init__(self, app, served_names: set[str], vocab_size: int | None):
+    def __init__(self, app, served_names: set[str], vocab_size: int | None, max_body_bytes: int):
         self.app = app
         self.served_names = served_names
         self.vocab_size = vocab_size
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else None
+        if path is None:
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._too_large(send)
         if path not in OPENAI_GENERATION_ROUTES and path not in TOKEN_ID_FIELDS:
             return await self.app(scope, receive, send)
         messages, body = [], b""
@@ -31,6 +39,8 @@ class RequestCheck:
             message = await receive()
             messages.append(message)
             body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:  # sent in chunks, with no length given
+                return await self._too_large(send)
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
         try:
@@ -53,6 +63,12 @@ class RequestCheck:
             return messages.pop(0) if messages else await receive()
 
         return await self.app(scope, replay, send)
+
+
+    async def _too_large(self, send) -> None:
+        await _send_json(send, 413, _error("RequestTooLarge", 413, "body",
+                                           f"the request body is larger than this server's limit of "
+                                           f"{self.max_body_bytes} bytes (semipd serve --max-body-mb)"))
 
 
 def out_of_vocabulary(ids, vocab_size: int | None):
@@ -79,8 +95,9 @@ async def _send_json(send, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install(app, served_names: set[str], vocab_size: int | None) -> None:
-    app.add_middleware(RequestCheck, served_names=served_names, vocab_size=vocab_size)
+def install(app, served_names: set[str], vocab_size: int | None, max_body_bytes: int) -> None:
+    app.add_middleware(RequestCheck, served_names=served_names, vocab_size=vocab_size,
+                       max_body_bytes=max_body_bytes)
 
 
 def install_semipd_routes(app, control_endpoint: str) -> None:

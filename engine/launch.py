@@ -143,7 +143,8 @@ def run_scheduler_process(*args, semipd: bool = False, tp_overlap: bool = False,
     return stock(*args, **kwargs)
 
 
-def start(model: str, argv: list[str], announce, control_endpoint: str | None, tp_overlap: bool) -> None:
+def start(model: str, argv: list[str], announce, control_endpoint: str | None, tp_overlap: bool,
+          max_body_bytes: int) -> None:
     """Run SGLang's server until it stops: our routes on its app, our scheduler-process entry,
     `announce` once it serves."""
     from sglang.srt.plugins import load_plugins
@@ -161,7 +162,7 @@ def start(model: str, argv: list[str], announce, control_endpoint: str | None, t
     app = http_app()
     config = Path(model) / "config.json"
     vocab_size = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
-    http_routes.install(app, {server_args.served_model_name or model, model}, vocab_size)
+    http_routes.install(app, {server_args.served_model_name or model, model}, vocab_size, max_body_bytes)
     if control_endpoint:
         http_routes.install_semipd_routes(app, control_endpoint)
     entry = functools.partial(run_scheduler_process, semipd=bool(control_endpoint), tp_overlap=tp_overlap)

@@ -42,6 +42,25 @@ def start_semipd_server(model: Path, log_dir: Path, *extra: str, port: int | Non
     return server.start(timeout_s=240)
 
 
+def post_declaring(url: str, path: str, length: int) -> tuple[int, str]:
+    """(status, body) of a POST that announces a body of `length` bytes and sends none of it: a
+    server must refuse an oversized body from its headers, before reading (or waiting for) it."""
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {length}\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < 2:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
 # float32 for exact comparison with transformers; chunked prefill small enough that test prompts
 # span several chunks.
 EXACT = ("--dtype", "float32", "--chunked-prefill-size", "64")

@@ -98,6 +98,7 @@ class Tuner:
         self.windows: deque[dict] = deque(maxlen=1800)
         self.split_state: dict | None = None
         self.status, self.failures, self.outage_since = "starting", 0, None
+        self.engine_events_since = time.time()  # the engine's history after this is reported as events
         self.last_reason = ""
         self.counts = {"ticks": 0, "decisions": 0, "applied": 0, "rejected": 0, "read_failures": 0}
 
@@ -120,6 +121,7 @@ class Tuner:
                 self.previous = None  # the engine may have restarted: start a fresh window
             self.status, self.failures, self.outage_since = ("ok" if split_state else OBSERVING), 0, None
             self.split_state = split_state
+            self._report_engine_events(split_state)
             if self.previous is not None and snapshot.time_s <= self.previous.time_s:
                 return self.settings.interval_s  # Prometheus has not scraped the engine since the last tick
             s = self.settings
@@ -133,6 +135,14 @@ class Tuner:
             if s.enabled and split_state:
                 self._decide(obs, split, units)
             return s.interval_s
+
+    def _report_engine_events(self, split_state: dict | None) -> None:
+        """What happened in the engine (a prefill worker died, was replaced) becomes the tuner's
+        events: its split history marks such records with `event`."""
+        for record in (split_state or {}).get("history", []):
+            if record.get("event") and record.get("time", 0) > self.engine_events_since:
+                self.store.add_event(record["event"], f"engine: {record['who']} (split {record['new']})")
+                self.engine_events_since = record["time"]
 
     def _failed(self, exc: Exception) -> float:
         self.failures += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import (BATCH_SIZE, QUEUE_LENGTH, REPARTITIONS, SPLIT_SHARE, STEP_BUCKETS_S, STEP_TIME,
-                      SWITCH_BUCKETS_S, SWITCH_LATENCY)
+                      SWITCH_BUCKETS_S, SWITCH_LATENCY, WORKER_DEATHS)
 
 
 class SemiPDMetrics:
@@ -27,6 +27,8 @@ class SemiPDMetrics:
         self.repartitions = Counter(REPARTITIONS, "Split changes applied", list(labels))
         self.switch_latency = Histogram(SWITCH_LATENCY, "Time to apply a split change",
                                         list(labels), buckets=SWITCH_BUCKETS_S)
+        self.worker_deaths = Counter(WORKER_DEATHS, "Prefill workers that died (exited, or hung and were "
+                                     "killed) and were replaced", [*labels, "cause"])
 
     def _w(self, worker: str) -> dict:
         return {**self.labels, "worker": worker}
@@ -42,6 +44,9 @@ class SemiPDMetrics:
     def record_queues(self, waiting: int, running: int) -> None:
         self.queue.labels(**self._w("prefill")).set(waiting)
         self.queue.labels(**self._w("decode")).set(running)
+
+    def record_worker_death(self, cause: str) -> None:
+        self.worker_deaths.labels(**self.labels, cause=cause).inc()
 
     def record_switch(self, seconds: float) -> None:
         self.repartitions.labels(**self.labels).inc()

@@ -17,9 +17,12 @@ modes, switched live at a batch boundary:
   SGLang's own loop (prefill and decode batches in turn, on all cores) and the worker stands by.
   The tuner can choose it, so it never has to be worse than stock SGLang.
 
-If the prefill worker dies, the batch it held is prefilled again here (its KV slots are the
-owner's), the engine serves in unified mode meanwhile, and a new worker is started; when it is
-ready the split in force before returns.
+If the prefill worker dies (exits, is killed, or holds a batch past --prefill-timeout: hung), the
+batches it held are prefilled again here (their KV slots are the owner's), the engine serves in
+unified mode meanwhile, and a new worker is started; when it is ready the split in force before
+returns. Each death is in the split history (`event`), the metrics and the log. A worker is
+checked every loop iteration (at most IDLE_WAIT_MS apart when idle), not only when it is sent a
+batch.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ from engine.partition.cpu import CpuCores, pin_process
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
-from engine.semipd.prefill_worker import PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
-from engine.semipd.settings import ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_REPARTITION, ENV_SPLIT
+from engine.semipd.prefill_worker import HUNG_AFTER_S, PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
+from engine.semipd.settings import (ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_PREFILL_TIMEOUT,
+                                    ENV_REPARTITION, ENV_SPLIT)
 from engine.semipd.shared_storage import SharedStorage
 from engine.semipd.split_log import log_split, new_history, requested_split
 from engine.sglang_seams import inject_forward
@@ -92,7 +96,8 @@ class SemiPDScheduler(Scheduler):
 
     def _start_worker(self, threads: int) -> PrefillLink:
         return PrefillLink(self._server_args, self._semipd_storage, threads, self._mailboxes,
-                           depth=int(os.environ.get(ENV_PIPELINE, PIPELINE_DEPTH)))
+                           depth=int(os.environ.get(ENV_PIPELINE, PIPELINE_DEPTH)),
+                           hung_after_s=float(os.environ.get(ENV_PREFILL_TIMEOUT, HUNG_AFTER_S)))
 
     @property
     def unified(self) -> bool:
@@ -119,6 +124,7 @@ class SemiPDScheduler(Scheduler):
             with timer.phase("intake"):
                 self.ingest_requests()
                 self.control.serve_pending(self.handle_control)
+                self._watch_worker()
                 self._watch_restart()
                 self._watch_standby()
             if self.unified:
@@ -309,6 +315,12 @@ class SemiPDScheduler(Scheduler):
             self._run_local_prefill(held.batch)
             self._merge_prefilled(held.batch)
 
+    def _watch_worker(self) -> None:
+        """A worker that died while it held nothing is noticed here, not at its next batch."""
+        link = self.prefill_link
+        if self.resume_split is None and link.ready and not link.busy and not link.process.is_alive():
+            self._worker_died(WorkerDied(f"the prefill worker exited (code {link.process.exitcode}) while idle", []))
+
     def _worker_died(self, exc: WorkerDied) -> None:
         self._rerun_locally(exc)
         pending = self.standby[1] if self.standby else None  # the restart replaces it; its split follows
@@ -316,7 +328,9 @@ class SemiPDScheduler(Scheduler):
         in_force, units = self.split, self.partition.units
         self.prefill_link.stop()
         self.prefill_link = self._start_worker(units)
-        self.apply_split(Split(units, units), who=f"prefill worker died ({exc}); unified until a new one is ready")
+        self.semipd_metrics.record_worker_death(exc.cause)
+        self.apply_split(Split(units, units), who=f"prefill worker died ({exc}); unified until a new one is ready",
+                         event="prefill worker died")
         self.resume_split = pending or in_force
 
     def _watch_restart(self) -> None:
@@ -332,8 +346,7 @@ class SemiPDScheduler(Scheduler):
         if ready:
             split, self.resume_split = self.resume_split, None
             self.worker_split = split  # (pinned to its share now: it has served nothing yet)
-            if not self.is_unified(split):
-                self.apply_split(split, who="a new prefill worker is ready")
+            self.apply_split(split, who="a new prefill worker is ready", event="prefill worker replaced")
 
     # -- a standby worker (--repartition standby) ---------------------------------------------
     def _prefill_share(self, split: Split) -> list[int]:
@@ -392,7 +405,7 @@ class SemiPDScheduler(Scheduler):
         elif self.prefill_link.ready:
             self.prefill_link.set_threads(threads)
 
-    def apply_split(self, split: Split, who: str) -> dict:
+    def apply_split(self, split: Split, who: str, event: str | None = None) -> dict:
         started = time.perf_counter()
         was_unified = self.unified
         handed_over = 0  # the worker's batches completed at this switch (the pipeline holds up to two)
@@ -408,7 +421,7 @@ class SemiPDScheduler(Scheduler):
         in_force = self.partition.apply(split, self._workers)
         record = log_split(self.split_history, self.semipd_metrics, self.split, split, who,
                            time.perf_counter() - started, unified=self.is_unified(split),
-                           handed_over=handed_over, **in_force)
+                           handed_over=handed_over, **in_force, **({"event": event} if event else {}))
         self.split = split
         return record
 

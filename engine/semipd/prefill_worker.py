@@ -16,6 +16,10 @@ This process is a stock SGLang `Scheduler` (so the model, pools and attention ba
 by SGLang's own code) whose pools and weights are mapped onto the owner's shared files, and whose
 event loop is replaced by `serve_forwards`. Its SGLang IPC sockets get fresh private names, so it
 never sees requests from the tokenizer.
+
+Failures: a worker that exits, or holds a batch for longer than the link's `hung_after_s` without
+answering (stopped, deadlocked), is the owner's to replace (`WorkerDied`); a worker whose owner
+dies, even by SIGKILL, removes the shared storage and exits, so that nothing is left behind.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
+import signal
 import time
 import traceback
 from collections import deque
@@ -40,15 +46,18 @@ BATCH_MAILBOX_BYTES = 64 << 20
 LOGITS_MAILBOX_BYTES = 256 << 20
 # A PAIR socket's send blocks while no peer is connected: a dead worker must not hang the owner.
 SEND_TIMEOUT_MS = 2000
+HUNG_AFTER_S = 60.0  # default: a batch held this long without an answer means the worker is hung
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PIPELINE_DEPTH = 2  # at most, batches the worker may hold: the one it runs and the next
 
 
 class WorkerDied(RuntimeError):
-    """The prefill worker exited or stopped answering; `inflight` is what it held, oldest first."""
+    """The prefill worker exited or stopped answering; `inflight` is what it held, oldest first;
+    `cause` is "exited" or "hung"."""
 
-    def __init__(self, message: str, inflight):
+    def __init__(self, message: str, inflight, cause: str = "exited"):
         super().__init__(message)
-        self.inflight = inflight
+        self.inflight, self.cause = inflight, cause
 
 
 @dataclass
@@ -96,13 +105,40 @@ def mailboxes(storage) -> list[tuple[Mailbox, Mailbox]]:
             for slot in range(PIPELINE_DEPTH)]
 
 
-def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int) -> None:
+def die_with_owner(owner_pid: int, leftovers: list[str]) -> None:
+    """End this process when its owner dies, even by SIGKILL (the kernel signals it: Linux's
+    parent-death signal), removing `leftovers` (the shared storage, which only the owner's own
+    clean exit removes otherwise): no orphan worker, no stale shared memory."""
+    import ctypes
+
+    def on_signal(signum, frame):
+        # The signal comes when the owner's thread that started this worker exits: while the
+        # owner's other threads die, this process may still be theirs for a moment.
+        deadline = time.monotonic() + 2.0
+        while os.getppid() == owner_pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != owner_pid:  # the owner is gone (not a plain SIGTERM): what it shared goes too
+            for path in leftovers:
+                shutil.rmtree(path, ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the owner's exit (and daemon flag) stop it instead
+        logger.warning("no parent-death signal on this system: a killed owner leaves this worker running")
+    if os.getppid() != owner_pid:  # the owner died before the signal was armed
+        on_signal(signal.SIGTERM, None)
+
+
+def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int, owner_pid: int) -> None:
     """Entry point of the prefill worker process (started with `spawn` by the owner)."""
     import tempfile
 
     # SGLang's scheduler metrics of this process would shadow the owner's (same labels): keep
     # them out of the directory that /metrics reads.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="semipd-prefill-metrics-")
+    metrics_dir = tempfile.mkdtemp(prefix="semipd-prefill-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     import torch
     from sglang.srt.managers import scheduler as scheduler_module
     from sglang.srt.runtime_context import SpawnRanks, publish
@@ -115,6 +151,7 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     torch.set_num_threads(threads)
     publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     scheduler_module.configure_scheduler_process(server_args, 0)
+    die_with_owner(owner_pid, [storage_dir, metrics_dir])  # after SGLang's own parent-death SIGKILL, replacing it
     storage = SharedStorage.attach(storage_dir)
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.connect(endpoint)
@@ -195,23 +232,26 @@ class PrefillLink:
     (`idle_with_work_s`), the cost the pipeline removes."""
 
     def __init__(self, server_args, storage, threads: int, slots: list[tuple[Mailbox, Mailbox]],
-                 depth: int = PIPELINE_DEPTH):
+                 depth: int = PIPELINE_DEPTH, hung_after_s: float = HUNG_AFTER_S):
         import multiprocessing
 
         if not 1 <= depth <= len(slots):
             raise ValueError(f"prefill pipeline depth {depth} is out of range 1..{len(slots)}")
-        self.slots, self.depth = slots, depth
+        if not hung_after_s > 0:
+            raise ValueError(f"the prefill worker's hang timeout {hung_after_s} s must be positive")
+        self.slots, self.depth, self.hung_after_s = slots, depth, hung_after_s
         self.endpoint = f"ipc://{storage.directory}/prefill-{time.monotonic_ns()}.sock"
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         self.sock.bind(self.endpoint)
         self.process = multiprocessing.get_context("spawn").Process(
-            target=run_prefill_worker, args=(server_args, str(storage.directory), self.endpoint, threads),
+            target=run_prefill_worker, args=(server_args, str(storage.directory), self.endpoint, threads, os.getpid()),
             name="semipd-prefill", daemon=True)
         self.process.start()
         self.seq = 0
         self.ready = False
         self.inflight: deque[Inflight] = deque()  # oldest (the one running) first
+        self.running_since = 0.0  # monotonic time the oldest batch held became the one to run
         self.idle_since: float | None = None  # wall time the worker last became free
         self.stats = {"batches": 0, "bytes_sent": 0, "bytes_received": 0, "inline_tensors": 0,
                       "pipelined": 0, "idle_with_work_s": 0.0}  # pipelined: sent while another ran
@@ -270,6 +310,8 @@ class PrefillLink:
         self.stats["bytes_sent"] += sent
         self.stats["batches"] += 1
         self.stats["pipelined"] += bool(self.inflight)
+        if not self.inflight:
+            self.running_since = time.monotonic()
         self.inflight.append(held)
 
     def poll(self, timeout_ms: int = 0):
@@ -281,6 +323,11 @@ class PrefillLink:
             if not self.process.is_alive():
                 raise WorkerDied(f"the prefill worker exited (code {self.process.exitcode}) during batch "
                                  f"{self.inflight[0].seq}", list(self.inflight))
+            if time.monotonic() - self.running_since > self.hung_after_s:
+                self.process.kill()  # stopped or deadlocked: it will not answer, and must not later
+                self.process.join(timeout=5)
+                raise WorkerDied(f"the prefill worker did not answer batch {self.inflight[0].seq} within "
+                                 f"{self.hung_after_s:g} s (hung); killed", list(self.inflight), "hung")
             return None
         result, size = recv(self.sock)
         self.stats["bytes_received"] += size
@@ -294,6 +341,7 @@ class PrefillLink:
         _, logits_box = self.slots[held.seq % len(self.slots)]
         logits_box.unpack(result.logits_output, copy_out=True)
         self.inflight.popleft()
+        self.running_since = time.monotonic()  # the next one held, if any, runs from now
         if self.idle_since is not None:
             self.stats["idle_with_work_s"] += max(0.0, result.started - max(self.idle_since, held.queued_since))
         self.idle_since = result.finished

@@ -17,6 +17,8 @@ ENV_FRONTEND = "SEMIPD_FRONTEND_CORES"
 ENV_PIPELINE = "SEMIPD_PREFILL_PIPELINE"
 ENV_REPARTITION = "SEMIPD_REPARTITION"
 ENV_DEVICE = "SEMIPD_DEVICE"
+ENV_PREFILL_TIMEOUT = "SEMIPD_PREFILL_TIMEOUT"
+PREFILL_TIMEOUT_RANGE_S = (0.5, 3600.0)
 REPARTITION_CHOICES = ("live", "standby")
 CPU_SPLIT = "1,1"  # the default split on CPU (cores); on GPU the menu's most even SM pair
 # SGLang flags that PD multiplexing (GPU semi-pd) cannot run with: flag -> (the value it needs, or
@@ -31,7 +33,8 @@ PDMUX_CONFLICTS = {"--pp-size": ("1", "pipeline parallelism"),
 
 
 def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
-              prefill_pipeline: int = 2, repartition: str = "live", device: str = "cpu") -> str:
+              prefill_pipeline: int = 2, repartition: str = "live", device: str = "cpu",
+              prefill_timeout_s: float = 60.0) -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range, ValueError for a bad combination.
@@ -42,6 +45,9 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
 
     if repartition not in REPARTITION_CHOICES:
         raise ValueError(f"--repartition {repartition!r}: valid are {', '.join(REPARTITION_CHOICES)}")
+    low, high = PREFILL_TIMEOUT_RANGE_S
+    if not low <= prefill_timeout_s <= high:  # (NaN fails too)
+        raise ValueError(f"--prefill-timeout {prefill_timeout_s} is out of range {low:g}..{high:g} seconds")
     if device == "cpu":
         split_text = split_text or CPU_SPLIT
         CpuCores(frontend=frontend_cores).check(parse_split(split_text))
@@ -66,6 +72,7 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
     os.environ[ENV_PIPELINE] = str(prefill_pipeline)
     os.environ[ENV_REPARTITION] = repartition
     os.environ[ENV_DEVICE] = device
+    os.environ[ENV_PREFILL_TIMEOUT] = str(prefill_timeout_s)
     return endpoint
 
 

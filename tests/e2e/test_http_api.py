@@ -5,6 +5,8 @@ import json
 import httpx
 import pytest
 
+from tests.conftest import post_declaring
+
 
 def post(server, path, body, **kw):
     return httpx.post(server.url + path, json=body, timeout=60, **kw)
@@ -112,6 +114,13 @@ BAD_INPUTS = {
     "unknown model (chat)": ("/v1/chat/completions", {"model": "no-such-model", "max_tokens": 4,
                                                       "messages": [{"role": "user", "content": "hi"}]}, 404),
 }
+
+
+def test_an_oversized_body_is_refused_from_its_length_and_the_server_keeps_serving(unified_server):
+    status, body = post_declaring(unified_server.url, "/generate", 65 * 2**20)  # the default limit is 64 MiB
+    assert status == 413 and f"limit of {64 * 2**20} bytes" in body, body
+    ok = post(unified_server, "/generate", {"text": "still there?", "sampling_params": {"max_new_tokens": 2}})
+    assert ok.status_code == 200
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -11,7 +11,7 @@ import pytest
 
 from engine.partition.cpu import process_affinity
 from loadtest.load_generator import run_concurrently
-from tests.conftest import EXACT, start_semipd_server
+from tests.conftest import EXACT, post_declaring, start_semipd_server, start_tuner
 from tests.reference_model import check_equal_to_transformers, generate_ids, greedy_tokens, prompt_ids
 
 CORES = sorted(__import__("os").sched_getaffinity(0))
@@ -133,9 +133,16 @@ def test_invalid_split_gets_400_naming_the_valid_range_and_changes_nothing(semip
     assert after["split"] == before["split"] and len(after["history"]) == len(before["history"])
 
 
-def test_a_token_id_outside_the_vocabulary_is_refused_and_the_engine_serves_on(semipd_server, tiny_model):
-    r = httpx.post(semipd_server.url + "/generate", json={"input_ids": [1_000_000_000, 5]}, timeout=30)
-    assert r.status_code == 400 and "outside the vocabulary: valid ids are 0 to" in r.text
+def test_requests_beyond_the_limits_are_refused_naming_them_and_the_engine_serves_on(semipd_server, tiny_model):
+    """The limits test_http_api checks on a unified server, here in semi-pd mode."""
+    cases = [({"input_ids": [1_000_000_000, 5]}, "outside the vocabulary: valid ids are 0 to"),
+             ({"input_ids": list(range(10, 2110)), "sampling_params": {"max_new_tokens": 4}}, "context length"),
+             ({"text": "hi", "sampling_params": {"max_new_tokens": 10**9}}, "context length")]
+    for body, message in cases:
+        r = httpx.post(semipd_server.url + "/generate", json=body, timeout=30)
+        assert r.status_code == 400 and message in r.text, r.text
+    status, body = post_declaring(semipd_server.url, "/generate", 65 * 2**20)
+    assert status == 413 and "larger than this server's limit" in body, body
     ids = prompt_ids(20, seed=31)
     assert generate_ids(semipd_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
 
@@ -228,16 +235,42 @@ def test_decode_out_of_kv_retracts_and_loses_nothing(small_kv_server, tiny_model
         assert out["output_ids"] == reference[: len(out["output_ids"])]
 
 
-def test_admin_routes_require_the_admin_key_when_set(small_kv_server):
-    url = small_kv_server.url + "/semipd/split"
-    assert httpx.get(url, timeout=30).status_code in (401, 403)
-    denied = httpx.post(url, json={"prefill": 1, "decode": 1}, timeout=30)
-    assert denied.status_code in (401, 403)
-    key = {"Authorization": "Bearer secret"}
-    assert httpx.get(url, headers=key, timeout=30).status_code == 200
-    assert httpx.post(url, json={"prefill": 1, "decode": 1}, headers=key, timeout=30).status_code == 200
-    # Ordinary serving needs no admin key.
-    assert httpx.get(small_kv_server.url + "/health", timeout=30).status_code == 200
+def test_control_routes_of_engine_and_tuner_need_their_keys(small_kv_server, tmp_path):
+    """The engine's admin key guards its split and SGLang's admin routes; a tuner started with both
+    keys in its environment guards its own control routes with its key and moves the engine's
+    split with the admin key. Reads and serving stay open."""
+    url, admin = small_kv_server.url, {"Authorization": "Bearer secret"}
+    wrong = {"Authorization": "Bearer secreT"}
+    engine_controls = [("POST", "/semipd/split", {"prefill": 1, "decode": 1}), ("GET", "/semipd/split", None),
+                       ("GET", "/semipd/steps", None), ("GET", "/semipd/workers", None),
+                       ("POST", "/flush_cache", None)]
+    for method, route, body in engine_controls:
+        for headers in ({}, wrong):
+            refused = httpx.request(method, url + route, json=body, headers=headers, timeout=30)
+            assert refused.status_code in (401, 403), (route, headers, refused.status_code)
+        assert httpx.request(method, url + route, json=body, headers=admin, timeout=30).status_code == 200, route
+    for route in ("/health", "/metrics"):
+        assert httpx.get(url + route, timeout=30).status_code == 200, route
+
+    tuner = start_tuner(url, tmp_path / "t.db", "--policy", "static", "--ttft-slo", "1", "--tpot-slo", "1", "--off",
+                        env={"SEMIPD_ADMIN_KEY": "secret", "SEMIPD_TUNER_KEY": "tuner-key"})
+    try:
+        mine, not_mine = {"Authorization": "Bearer tuner-key"}, [{}, wrong, admin]
+        tuner_controls = [("/settings", {"ttft_slo_s": 2.0}), ("/split", {"prefill": 2, "decode": 1}), ("/auth", {})]
+        for route, body in tuner_controls:
+            for headers in not_mine:
+                refused = httpx.post(tuner.url + route, json=body, headers=headers, timeout=30)
+                assert refused.status_code == 401 and "tuner's key" in refused.json()["error"], (route, headers)
+        state = httpx.get(tuner.url + "/state", timeout=30).json()  # reads are open
+        assert state["settings"]["ttft_slo_s"] == 1.0 and state["decisions"] == []  # nothing changed
+        assert httpx.get(tuner.url + "/health", timeout=30).json()["key_required"] is True
+        for route, body in tuner_controls:
+            assert httpx.post(tuner.url + route, json=body, headers=mine, timeout=30).status_code == 200, route
+        # the tuner's split reached the engine with the admin key
+        assert httpx.get(url + "/semipd/split", headers=admin, timeout=30).json()["split"] == {"prefill": 2, "decode": 1}
+    finally:
+        tuner.stop()
+        httpx.post(url + "/semipd/split", json={"prefill": 1, "decode": 1}, headers=admin, timeout=30)
 
 
 @pytest.mark.skipif(len(CORES) < 2, reason="lending needs two cores")
@@ -353,52 +386,3 @@ def test_the_loop_breakdown_names_where_the_owner_spends_its_time(semipd_server)
     assert loop["iterations"] > 0 and {"decode forward", "prefill hand-off", "prefill completion",
                                        "formation", "intake"} <= set(phases)
     assert sum(p["share"] for p in phases.values()) == pytest.approx(1.0, abs=1e-6)
-
-
-@pytest.fixture
-def own_server(tiny_model, tmp_path):
-    server = start_semipd_server(tiny_model, tmp_path, "--mode", "semi-pd", "--split", "1,1", *EXACT)
-    yield server
-    server.stop()
-
-
-def test_a_killed_prefill_worker_loses_no_request_and_is_replaced(own_server, tiny_model):
-    import os
-    import signal
-
-    old = workers(own_server)["pids"]["prefill"]
-    prompts = [prompt_ids(n, seed=5000 + n) for n in (40, 300, 600, 900, 1200, 1500)]
-    new_tokens = 24
-
-    def kill_during_a_prefill():
-        deadline = time.time() + 60
-        while time.time() < deadline:  # until the worker holds a batch
-            if workers(own_server)["link"]["batches"] > 1:
-                os.kill(old, signal.SIGKILL)
-                return True
-            time.sleep(0.005)
-        return False
-
-    with ThreadPoolExecutor(len(prompts) + 1) as pool:
-        killed = pool.submit(kill_during_a_prefill)
-        outputs = list(pool.map(lambda p: generate_ids(own_server.url, p, new_tokens), prompts))
-    assert killed.result()
-    for prompt, got in zip(prompts, outputs):
-        assert got == greedy_tokens(tiny_model, prompt, new_tokens), f"prompt of {len(prompt)}"
-    history = get_split(own_server)["history"]
-    assert any("prefill worker died" in h["who"] for h in history), history[-3:]
-    deadline = time.time() + 240
-    while time.time() < deadline and workers(own_server)["restarting"]:
-        time.sleep(1)
-    state, pids = get_split(own_server), workers(own_server)["pids"]
-    assert pids["prefill"] != old and not state["unified"] and state["split"] == {"prefill": 1, "decode": 1}
-    ids = prompt_ids(500, seed=5999)
-    assert generate_ids(own_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
-    # Killed while idle: the owner finds out when it hands over the next batch, not by hanging.
-    idle_worker = pids["prefill"]
-    os.kill(idle_worker, signal.SIGKILL)
-    time.sleep(0.5)
-    ids = prompt_ids(300, seed=5998)
-    assert generate_ids(own_server.url, ids, 8) == greedy_tokens(tiny_model, ids, 8)
-    deaths = [h for h in get_split(own_server)["history"] if "prefill worker died" in h["who"]]
-    assert len(deaths) == 2 and "before batch" in deaths[-1]["who"], deaths

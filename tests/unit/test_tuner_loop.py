@@ -45,6 +45,7 @@ class ScriptedEngine:
         self.down: Exception | None = None
         self.reject: str | None = None
         self.applied: list[tuple] = []
+        self.history: list[dict] = []
 
     def split(self):
         if self.down:
@@ -52,7 +53,7 @@ class ScriptedEngine:
         if self.unified:
             return None
         return split_state(*self.split_in_force, backend="cpu", unit="cores", units=self.units,
-                           valid=f"1 to {self.units}", history=[])
+                           valid=f"1 to {self.units}", history=self.history)
 
     def set_split(self, split, who):
         if self.reject:
@@ -180,3 +181,24 @@ def test_a_source_that_has_not_scraped_since_the_last_tick_is_skipped(tmp_path):
     t.tick()
     t.tick()
     assert not t.windows and t.status == "ok"
+
+
+def test_worker_deaths_in_the_engine_history_become_events_once(tmp_path):
+    import time
+
+    engine = ScriptedEngine()
+    engine.history = [{"time": time.time() - 60, "new": "2,2", "who": "prefill worker died (old)",
+                       "event": "prefill worker died"}]
+    t = tuner(tmp_path, engine)
+    t.tick()
+    assert not [e for e in t.store.events() if "worker" in e["kind"]]  # before the tuner started
+    engine.history += [{"time": time.time(), "new": "1,1", "who": "admin"},
+                       {"time": time.time() + 0.001, "new": "2,2", "who": "prefill worker died (code -9)",
+                        "event": "prefill worker died"},
+                       {"time": time.time() + 0.002, "new": "1,1", "who": "a new prefill worker is ready",
+                        "event": "prefill worker replaced"}]
+    t.tick()
+    t.tick()  # read again: not reported twice
+    events = [(e["kind"], e["message"]) for e in t.store.events() if "worker" in e["kind"]]
+    assert events == [("prefill worker died", "engine: prefill worker died (code -9) (split 2,2)"),
+                      ("prefill worker replaced", "engine: a new prefill worker is ready (split 1,1)")]
