@@ -89,6 +89,7 @@ def test_models_health_and_metrics(unified_server, tiny_model):
     assert ttft_count and float(ttft_count[0].split()[-1]) >= 1
 
 
+TOO_LONG = [10 + i % 2000 for i in range(2100)]  # in the vocabulary, past the 2,048-token context
 BAD_INPUTS = {
     "malformed json": ("/generate", b'{"text": "hi",', 400),
     "malformed json (openai)": ("/v1/completions", b'{"model": "m", "prompt": ', 400),
@@ -100,10 +101,10 @@ BAD_INPUTS = {
     "huge max_new_tokens": ("/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 10**9}}, 400),
     "huge max_tokens (chat)": ("/v1/chat/completions", {"model": "MODEL", "max_tokens": 10**9,
                                                         "messages": [{"role": "user", "content": "hi"}]}, 400),
-    "prompt longer than context": ("/generate", {"input_ids": list(range(10, 2110)),
+    "prompt longer than context": ("/generate", {"input_ids": TOO_LONG,
                                                  "sampling_params": {"max_new_tokens": 4}}, 400),
     "prompt longer than context (openai)": ("/v1/completions", {"model": "MODEL", "max_tokens": 4,
-                                                               "prompt": list(range(10, 2110))}, 400),
+                                                               "prompt": TOO_LONG}, 400),
     "token id outside the vocabulary": ("/generate", {"input_ids": [10**9, 5], "sampling_params": {"max_new_tokens": 4}},
                                         400),
     "negative token id in a batch": ("/generate", {"input_ids": [[5, 6], [7, -1]], "sampling_params": {"max_new_tokens": 4}},
