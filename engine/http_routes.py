@@ -64,7 +64,6 @@ class RequestCheck:
 
         return await self.app(scope, replay, send)
 
-
     async def _too_large(self, send) -> None:
         await _send_json(send, 413, _error("RequestTooLarge", 413, "body",
                                            f"the request body is larger than this server's limit of "
