@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-time the workload to each mean rate (requests/s) in turn")
     parser.add_argument("--vocab", type=int, default=1000,
                         help="prompt token ids are drawn from [10, VOCAB) (default 1000)")
+    parser.add_argument("--api", choices=("openai", "sglang"), default="openai",
+                        help="openai: /v1/completions (SGLang, vLLM; default); sglang: SGLang's /generate, "
+                             "for SGLang's router, which refuses token-id prompts on /v1/completions")
     parser.add_argument("--records", metavar="FILE", help="append one JSON line per request to FILE")
     parser.add_argument("--label", default=None, help="name of the system in reports and plots")
     parser.add_argument("--plot", metavar="FILE.png", help="plot attainment vs rate (with --compare)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
 
     label = args.label or args.url
     result = bench(args.url, requests, args.ttft_slo, args.tpot_slo, rates, args.vocab, label, args.workload,
-                   args.records, show_progress=not args.json and sys.stderr.isatty())
+                   args.records, show_progress=not args.json and sys.stderr.isatty(), api=args.api)
     if args.plot:
         plot_attainment([result, *(json.load(open(p)) for p in args.compare)], args.plot)
     if args.json:

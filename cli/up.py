@@ -8,6 +8,12 @@ Prints the URLs. Ctrl-C (or SIGTERM) stops everything; a part that dies stops th
 log's last lines are printed. Logs and the tuner's store are kept in --run-dir. Flags it does not
 know go to `semipd serve` (and so to SGLang).
 
+--engines N (N > 1) starts a fleet instead of one engine: N engines in semi-pd mode, each pinned to
+its own share of this machine's cores, SGLang's router in front of them on --engine-port (the one
+URL clients use; `--router cache-aware|round-robin`), the engines on the ports after it, and one
+tuner per engine on --tuner-port and the ports after it. The router's worker routes need the
+admin key.
+
 Keys: the engine's admin key and the tuner's key are taken from SEMIPD_ADMIN_KEY and
 SEMIPD_TUNER_KEY, or generated; they are written to --run-dir/keys.env (readable by you only) and
 the tuner's is printed: the dashboard's controls ask for it.
@@ -40,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-port", type=int, default=30000)
     parser.add_argument("--tuner-port", type=int, default=31000)
     parser.add_argument("--dashboard-port", type=int, default=8501)
+    parser.add_argument("--engines", type=int, default=1, metavar="N",
+                        help="engines (default 1); more than one starts a fleet behind SGLang's router")
+    parser.add_argument("--router", choices=("cache-aware", "round-robin"), default="cache-aware",
+                        help="the router's policy, with --engines > 1 (default cache-aware)")
+    parser.add_argument("--router-metrics-port", type=int, default=29000,
+                        help="the router's Prometheus metrics, with --engines > 1 (default 29000)")
     parser.add_argument("--demo", action="store_true", help="replay a slice of a trace again and again")
     parser.add_argument("--demo-workload", metavar="SPEC",
                         help="what --demo replays (default: 5 minutes of ../shared/data's Azure conversation "
@@ -51,19 +63,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def checked_ports(args) -> dict[str, int]:
-    from stack.up import port_in_use
+    import os
 
+    from stack.fleet import core_groups
+    from stack.up import fleet_ports, port_in_use
+
+    core_groups(sorted(os.sched_getaffinity(0)), args.engines)  # ValueError naming the valid range
+    more = fleet_ports(args.engine_port, args.tuner_port, args.engines)
     ports = {"--engine-port": args.engine_port, "--tuner-port": args.tuner_port,
              "--dashboard-port": args.dashboard_port}
+    if args.engines > 1:
+        ports |= {f"engine {i}'s port (--engine-port + {i + 1})": p for i, p in enumerate(more["engines"])}
+        ports |= {f"tuner {i}'s port (--tuner-port + {i})": p for i, p in enumerate(more["tuners"][1:], 1)}
+        ports["--router-metrics-port"] = args.router_metrics_port
     for flag, port in ports.items():
         if not 0 < port < 65536:
             raise ValueError(f"{flag} {port} is out of range 1..65535")
-    if len(set(ports.values())) < 3:
-        raise ValueError(f"the three ports must differ, got {ports}")
+    if len(set(ports.values())) < len(ports):
+        raise ValueError(f"the ports must differ, got {ports}")
     for flag, port in ports.items():
         if port_in_use(args.host, port):
             raise ValueError(f"{flag} {port} is in use on {args.host}; stop what holds it or choose another port")
     return ports
+
+
+def serving_lines(stack, policy: str) -> str:
+    """The engine and tuner URLs, one line each (a fleet: the router, then each engine with its tuner)."""
+    if stack.fleet is None:
+        return (f"  engine     {stack.url['engine']}  (SGLang API; split at /semipd/split, metrics at /metrics)\n"
+                f"  tuner      {stack.tuners[0].url}/state  (policy {policy})\n")
+    lines = [f"  router     {stack.url['engine']}  (SGLang's router: the URL for clients; engines at its /workers, "
+             f"with the admin key)\n"]
+    for i, (engine, tuner, cores) in enumerate(zip(stack.engines, stack.tuners, stack.fleet.groups)):
+        lines.append(f"  engine {i}   {engine.url}  (cores {','.join(map(str, cores))}); "
+                     f"tuner {tuner.url}/state  (policy {policy})\n")
+    return "".join(lines)
 
 
 def tuner_key_shown(stack) -> str:
@@ -96,7 +130,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
 
     run_dir = Path(args.run_dir)
     stack = Stack(run_dir, args.host, args.engine_port, args.tuner_port, args.dashboard_port, args.model,
-                  args.split, args.policy, passthrough)
+                  args.split, args.policy, passthrough, args.engines, args.router, args.router_metrics_port)
     url = stack.url
     # SIGTERM as Ctrl-C; and Ctrl-C even where the shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -104,22 +138,23 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     started = time.monotonic()
     try:
         model = args.model or "the tiny model (built on the first run)"
-        print(f"semipd up: starting the engine ({model}, semi-pd, split {args.split or 'default'}) and the dashboard; "
+        engines = "the engine" if args.engines == 1 else f"{args.engines} engines (cores {stack.fleet.groups}), the router"
+        print(f"semipd up: starting {engines} ({model}, semi-pd, split {args.split or 'default'}) and the dashboard; "
               f"logs in {run_dir}/", flush=True)
         stack.launch()
-        stack.engine.wait_ready(args.start_timeout)
-        print(f"semipd up: engine ready after {stack.engine.ready_after_s:.0f} s; measuring it unloaded for SLOs",
-              flush=True)
-        ttft, tpot, origin = measured_slos(url["engine"], args.ttft_slo, args.tpot_slo)
-        stack.start_tuner(ttft, tpot)
+        ready_after = stack.wait_engines(args.start_timeout)
+        what = "engine" if args.engines == 1 else f"{args.engines} engines and the router"
+        print(f"semipd up: {what} ready after {ready_after:.0f} s; measuring {'it' if args.engines == 1 else 'one'} "
+              f"unloaded for SLOs", flush=True)
+        ttft, tpot, origin = measured_slos(stack.engines[0].url, args.ttft_slo, args.tpot_slo)
+        stack.start_tuners(ttft, tpot)
         stack.wait_dashboard()
         if demo:
             stack.start_demo(demo[1])
         print(f"\nsemipd up: ready in {time.monotonic() - started:.0f} s\n"
               f"  dashboard  {url['dashboard']}\n"
-              f"  engine     {url['engine']}  (SGLang API; split at /semipd/split, metrics at /metrics)\n"
-              f"  tuner      {url['tuner']}/state  (policy {args.policy}; SLOs TTFT {ttft * 1e3:.0f} ms, "
-              f"TPOT {tpot * 1e3:.1f} ms: {origin})\n"
+              + serving_lines(stack, args.policy)
+              + f"  SLOs       TTFT {ttft * 1e3:.0f} ms, TPOT {tpot * 1e3:.1f} ms ({origin})\n"
               + f"  tuner key  {tuner_key_shown(stack)}\n"
               + (f"  demo load  {demo[0]}, {len(demo[1])} requests a round, in a loop\n" if demo else "")
               + "Ctrl-C stops everything.", flush=True)

@@ -21,12 +21,13 @@ from loadtest.workload import mean_rate, scale_rate
 ATTAINMENT_TARGET = 0.9
 
 
-def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str, seed: int = 0):
+def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str, seed: int = 0, api: str = "openai"):
     """Replay once. Give each replay on the same server its own `seed`: the same prompts again
     would hit the radix cache and flatter the later runs."""
     bar = tqdm(total=len(requests), desc=label, unit="req", file=sys.stderr) if show_progress else None
     started = time.perf_counter()
-    records = asyncio.run(replay(url, requests, vocab, seed=seed, on_done=(lambda _: bar.update()) if bar else None))
+    records = asyncio.run(replay(url, requests, vocab, seed=seed, on_done=(lambda _: bar.update()) if bar else None,
+                                 api=api))
     if bar:
         bar.close()
     return records, time.perf_counter() - started
@@ -34,15 +35,15 @@ def run_rate(url: str, requests, vocab: int, show_progress: bool, label: str, se
 
 def bench(url: str, requests, ttft_slo_s: float, tpot_slo_s: float, rates: list[float] | None = None,
           vocab: int = 1000, label: str = "", workload: str = "", records_path: str | None = None,
-          show_progress: bool = False) -> dict:
+          show_progress: bool = False, api: str = "openai") -> dict:
     """Replay `requests` at each rate (None: as they are timed); the report (`label` and the
     `workload` spec are its names), the last rate's summary at the top level. With
-    `records_path`, one JSON line per request is appended there."""
+    `records_path`, one JSON line per request is appended there. `api`: see load_generator."""
     natural = mean_rate(requests)
     per_rate = []
     for index, rate in enumerate(rates or [natural]):
         timed = requests if rates is None else scale_rate(requests, rate / natural)
-        records, duration = run_rate(url, timed, vocab, show_progress, f"{label} @ {rate:.2f}/s", seed=index)
+        records, duration = run_rate(url, timed, vocab, show_progress, f"{label} @ {rate:.2f}/s", seed=index, api=api)
         if records_path:
             write_records(records_path, records, label=label, rate=rate)
         per_rate.append({"rate": rate, **summarize(records, ttft_slo_s, tpot_slo_s, duration)})

@@ -1,5 +1,7 @@
 """The whole stack on this machine, no Docker (`semipd up`): engine, tuner and dashboard, each a
-`semipd` command in its own process with its log in a run folder, and a demo load.
+`semipd` command in its own process with its log in a run folder, and a demo load. With more
+than one engine, a fleet (stack/fleet.py): the engines on their own cores behind SGLang's router,
+one tuner each.
 
 The engine (`semipd serve --mode semi-pd`) and the dashboard start at once; the tuner once the
 engine answers, with SLOs measured on it unloaded (7.5x, as `semipd calibrate-slo` does) unless
@@ -22,6 +24,7 @@ from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
 from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
 from loadtest.load_generator import replay
 from loadtest.workload import parse_workload
+from stack.fleet import Fleet, core_groups
 from stack.server_process import ServerProcess
 
 SEMIPD = [sys.executable, "-m", "cli.main"]
@@ -44,8 +47,8 @@ def port_in_use(host: str, port: int) -> bool:
 class DemoLoad:
     """Replays a workload in a loop (fresh prompts each round) on a thread, until stopped."""
 
-    def __init__(self, url: str, requests):
-        self.url, self.requests = url, requests
+    def __init__(self, url: str, requests, api: str = "openai"):
+        self.url, self.requests, self.api = url, requests, api
         self.stopping = threading.Event()
         self.sent = self.failed = 0
         self.thread = threading.Thread(target=self._run, name="demo-load", daemon=True)
@@ -53,7 +56,7 @@ class DemoLoad:
     def _run(self) -> None:
         round_ = 0
         while not self.stopping.is_set():
-            asyncio.run(replay(self.url, self.requests, 1000, on_done=self._count, seed=20_000 + round_))
+            asyncio.run(replay(self.url, self.requests, 1000, on_done=self._count, seed=20_000 + round_, api=self.api))
             round_ += 1
 
     def _count(self, record) -> None:
@@ -96,50 +99,81 @@ def stack_keys(environ, run_dir: Path) -> tuple[dict[str, str], list[str]]:
     return keys, generated
 
 
+def fleet_ports(engine_port: int, tuner_port: int, engines: int) -> dict[str, list[int]]:
+    """The ports of a stack's engines and tuners: one engine on `engine_port`; a fleet's router
+    there and its engines on the ports after it; tuners from `tuner_port` on."""
+    engine_ports = [engine_port] if engines == 1 else [engine_port + 1 + i for i in range(engines)]
+    return {"engines": engine_ports, "tuners": [tuner_port + i for i in range(engines)]}
+
+
 class Stack:
-    """The engine, dashboard and tuner processes (and the demo load) of one `semipd up`."""
+    """The engine(s), dashboard and tuner processes (and the demo load) of one `semipd up`."""
 
     def __init__(self, run_dir: Path, host: str, engine_port: int, tuner_port: int, dashboard_port: int,
-                 model: str | None = None, split: str | None = None, policy: str = "mpc", serve_args=()):
+                 model: str | None = None, split: str | None = None, policy: str = "mpc", serve_args=(),
+                 engines: int = 1, router: str = "cache-aware", router_metrics_port: int = 29000):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.host, self.policy = run_dir, host, policy
-        self.tuner_port = tuner_port
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.url = {name: f"http://{local}:{port}" for name, port in
+        self.local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.ports = fleet_ports(engine_port, tuner_port, engines)
+        self.url = {name: f"http://{self.local}:{port}" for name, port in
                     (("engine", engine_port), ("tuner", tuner_port), ("dashboard", dashboard_port))}
         plain = {k: v for k, v in os.environ.items() if k not in (ADMIN_KEY_ENV, TUNER_KEY_ENV)}
         self.keys, self.generated_keys = stack_keys(os.environ, run_dir)
         self.env = {**plain, **self.keys, "PYTHONUNBUFFERED": "1"}
-        self.engine = ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", *(["--split", split] if split else []),
-                                     "--host", host, "--port", str(engine_port), *(["--model", model] if model else []),
-                                     *serve_args], self.url["engine"], run_dir / "engine.log", self.env)
+        serve = [*(["--split", split] if split else []), *(["--model", model] if model else []), *serve_args]
+        self.fleet = None
+        if engines == 1:
+            self.engines = [ServerProcess([*SEMIPD, "serve", "--mode", "semi-pd", "--host", host, "--port",
+                                           str(engine_port), *serve], self.url["engine"], run_dir / "engine.log",
+                                          self.env)]
+        else:
+            self.fleet = Fleet(run_dir, host, engine_port, self.ports["engines"],
+                               core_groups(sorted(os.sched_getaffinity(0)), engines), self.env, router,
+                               router_metrics_port, serve)
+            self.engines = self.fleet.engines
+        # The dashboard shows the first engine and its tuner.
         self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",
-                                        self.url["engine"], "--host", host, "--port", str(dashboard_port)],
+                                        self.engines[0].url, "--host", host, "--port", str(dashboard_port)],
                                        self.url["dashboard"], run_dir / "dashboard.log",
                                        {**plain, "PYTHONUNBUFFERED": "1"})
-        self.tuner: ServerProcess | None = None
+        self.tuners: list[ServerProcess] = []
         self.parts: list[tuple[str, ServerProcess]] = []  # the started ones, in order
         self.load: DemoLoad | None = None
 
     def launch(self) -> None:
-        """Start the engine and the dashboard, without waiting for them."""
-        self.parts += [("engine", self.engine.launch()), ("dashboard", self.dashboard.launch())]
+        """Start the engine(s) (and the router) and the dashboard, without waiting for them."""
+        self.parts += self.fleet.launch() if self.fleet else [("engine", self.engines[0].launch())]
+        self.parts.append(("dashboard", self.dashboard.launch()))
 
-    def start_tuner(self, ttft_slo_s: float, tpot_slo_s: float) -> None:
-        """Start the tuner on the engine (a fresh store in the run folder) and wait until it answers."""
-        self.tuner = ServerProcess([*SEMIPD, "tune", "--engine", self.url["engine"], "--policy", self.policy,
-                                    "--ttft-slo", f"{ttft_slo_s:.4f}", "--tpot-slo", f"{tpot_slo_s:.4f}",
-                                    "--host", self.host, "--port", str(self.tuner_port),
-                                    "--store", str(self.run_dir / "tuner.db"), "--fresh"],
-                                   self.url["tuner"], self.run_dir / "tuner.log", self.env)
-        self.parts.append(("tuner", self.tuner.launch()))
-        self.tuner.wait_ready(60)
+    def wait_engines(self, timeout_s: float) -> float:
+        """Until the engine(s) answer (and the router counts them all healthy); seconds it took."""
+        if self.fleet:
+            self.fleet.wait_ready(timeout_s)
+        else:
+            self.engines[0].wait_ready(timeout_s)
+        return max(e.ready_after_s for e in self.engines)
+
+    def start_tuners(self, ttft_slo_s: float, tpot_slo_s: float) -> None:
+        """Start a tuner on each engine (a fresh store in the run folder) and wait until they answer."""
+        for i, (engine, port) in enumerate(zip(self.engines, self.ports["tuners"])):
+            name = "tuner" if len(self.engines) == 1 else f"tuner-{i}"
+            tuner = ServerProcess([*SEMIPD, "tune", "--engine", engine.url, "--policy", self.policy,
+                                   "--ttft-slo", f"{ttft_slo_s:.4f}", "--tpot-slo", f"{tpot_slo_s:.4f}",
+                                   "--host", self.host, "--port", str(port),
+                                   "--store", str(self.run_dir / f"{name}.db"), "--fresh"],
+                                  f"http://{self.local}:{port}", self.run_dir / f"{name}.log", self.env)
+            self.parts.append((name.replace("-", " "), tuner.launch()))
+            self.tuners.append(tuner)
+        for tuner in self.tuners:
+            tuner.wait_ready(60)
 
     def wait_dashboard(self) -> None:
         self.dashboard.wait_ready(120, health_path="/_stcore/health")
 
     def start_demo(self, requests) -> None:
-        self.load = DemoLoad(self.url["engine"], requests)
+        # through SGLang's router, token-id prompts go to /generate (it refuses them on /v1/completions)
+        self.load = DemoLoad(self.url["engine"], requests, "sglang" if self.fleet else "openai")
         self.load.thread.start()
 
     def exited(self) -> tuple[str, ServerProcess] | None:

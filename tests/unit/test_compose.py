@@ -40,9 +40,9 @@ def compose() -> dict:
 
 
 def listening(compose: dict) -> dict[str, int]:
-    """service -> the port its process listens on inside the network."""
+    """service -> the port its process listens on inside the network (ours and the router give --port)."""
     ports = {name: int(flag(s["command"], "--port")) for name, s in compose["services"].items()
-             if s.get("command", [""])[0] == "semipd"}
+             if "--port" in s.get("command", [])}
     return ports | {"prometheus": PROMETHEUS_PORT, "grafana": GRAFANA_PORT}
 
 
@@ -63,14 +63,20 @@ def test_ports_and_addresses_name_services_that_listen_there(compose):
     services, ports = compose["services"], listening(compose)
     for name, service in services.items():
         published = [p.rsplit(":", 2) for p in service.get("ports", [])]
-        assert [p for p in published if int(p[-1]) == ports[name]], f"{name} does not publish its port"
+        # the fleet's engines are reached through the router only
+        assert name.startswith("engine-") or [p for p in published if int(p[-1]) == ports[name]], \
+            f"{name} does not publish its port"
         # nothing reachable beyond this host unless the operator opts in
         assert all(len(p) == 3 and p[0] == "127.0.0.1" for p in published), f"{name} publishes {published}"
-        for option in ("--engine", "--tuner", "--prometheus"):
-            if option in service.get("command", []):
-                target = urlparse(flag(service["command"], option))
-                assert target.hostname in services, f"{name} {option} names no service: {target.hostname}"
-                assert target.port == ports[target.hostname], f"{name} {option} port {target.port} != {ports[target.hostname]}"
+        command = service.get("command", [])
+        targets = [(o, flag(command, o)) for o in ("--engine", "--tuner", "--prometheus") if o in command]
+        if "--worker-urls" in command:  # the router's engines
+            urls = command[command.index("--worker-urls") + 1:]
+            targets += [("--worker-urls", u) for u in urls[:next((i for i, u in enumerate(urls) if u.startswith("--")), None)]]
+        for option, url in targets:
+            target = urlparse(url)
+            assert target.hostname in services, f"{name} {option} names no service: {target.hostname}"
+            assert target.port == ports[target.hostname], f"{name} {option} port {target.port} != {ports[target.hostname]}"
     health = " ".join(services["engine"]["healthcheck"]["test"])
     assert f":{ports['engine']}/health" in health
 
@@ -125,7 +131,8 @@ def test_keys_are_required_from_the_environment_and_never_on_a_command_line(comp
             if needed:
                 assert needed.group(1) == var and f"set {var}" in needed.group(2), (name, value)
                 required.setdefault(name, set()).add(var)
-    assert required == {"engine": {ADMIN_KEY_ENV}, "tuner": {ADMIN_KEY_ENV, TUNER_KEY_ENV}}
+    assert required == {"engine": {ADMIN_KEY_ENV}, "tuner": {ADMIN_KEY_ENV, TUNER_KEY_ENV}, "engine-a": {ADMIN_KEY_ENV},
+                        "engine-b": {ADMIN_KEY_ENV}, "router": {ADMIN_KEY_ENV}}
     for name, key_env in (("engine", ADMIN_KEY_ENV), ("tuner", TUNER_KEY_ENV)):
         host = flag(services[name]["command"], "--host")
         check_exposure(host, key_env in required[name] and "set", name, "")  # what the service itself checks
@@ -133,4 +140,16 @@ def test_keys_are_required_from_the_environment_and_never_on_a_command_line(comp
             check_exposure(host, None, name, "")  # and, without the key, would refuse
     for service in services.values():
         command = " ".join(service.get("command", []))
-        assert not re.search(r"--(admin-api-key|api-key|admin-key|key)\b", command), command
+        assert not re.search(r"--(admin-api-key|api-key|admin-key|key|control-plane-api-keys)\b", command), command
+    # the router's key is read from its environment inside the container
+    assert "$$SEMIPD_ADMIN_KEY" in " ".join(services["router"]["entrypoint"])
+
+
+def test_the_fleet_profile_pins_two_engines_and_the_router_fronts_them(compose):
+    from sglang_router.launch_router import parse_router_args
+
+    services = compose["services"]
+    fleet = {name for name, s in services.items() if "fleet" in s.get("profiles", [])}
+    assert fleet == {"engine-a", "engine-b", "router"}
+    assert {services["engine-a"]["cpuset"], services["engine-b"]["cpuset"]} == {"0", "1"}
+    parse_router_args(services["router"]["command"])  # the installed router takes every flag

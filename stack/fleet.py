@@ -1,0 +1,100 @@
+"""Several semi-pd engines on this machine behind SGLang's router (`semipd up --engines N`).
+
+Each engine is a plain `semipd serve --mode semi-pd`, pinned to its own share of the cores (on CPU
+a core is a device), so that its split moves within its share; SGLang's router (the
+`sglang-router` package: its cache-aware or round-robin policy, health checks, retries) gives the
+clients one URL. One tuner per engine: an engine's split answers its own queue and its own
+TTFT/TPOT, and the router already balances load between engines, so each tuner is a plain
+`semipd tune` and a shift of load on one engine moves that engine's split only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from contract.access import ADMIN_KEY_ENV
+from stack.server_process import ServerProcess
+
+ROUTER_POLICIES = {"cache-aware": "cache_aware", "round-robin": "round_robin"}
+# Health checks every 2 s, two misses to mark an engine down, one answer to bring it back.
+ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-check-timeout-secs", "2",
+                 "--health-failure-threshold", "2", "--health-success-threshold", "1"]
+
+
+def core_groups(cores: list[int], engines: int) -> list[list[int]]:
+    """`cores` shared out between `engines` engines, in order, as evenly as they go."""
+    if not 1 <= engines <= len(cores):
+        raise ValueError(f"--engines {engines} is out of range 1..{len(cores)}: each engine needs a core "
+                         f"of its own (this machine gives {len(cores)})")
+    size, extra = divmod(len(cores), engines)
+    groups, start = [], 0
+    for i in range(engines):
+        end = start + size + (i < extra)
+        groups.append(cores[start:end])
+        start = end
+    return groups
+
+
+def router_command(engine_urls: list[str], host: str, port: int, policy: str, metrics_port: int,
+                   admin_key: str | None) -> list[str]:
+    """SGLang's router in front of `engine_urls`; its worker-management routes need `admin_key`."""
+    if policy not in ROUTER_POLICIES:
+        raise ValueError(f"unknown router policy {policy!r}; valid: {', '.join(ROUTER_POLICIES)}")
+    command = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *engine_urls,
+               "--host", host, "--port", str(port), "--policy", ROUTER_POLICIES[policy],
+               "--prometheus-port", str(metrics_port), "--log-level", "warn",
+               "--worker-startup-timeout-secs", "900", *ROUTER_HEALTH]
+    if admin_key:
+        command += ["--control-plane-api-keys", f"semipd:operator:admin:{admin_key}"]
+    return command
+
+
+class Fleet:
+    """The engines and the router of one fleet: engine i is `semipd serve --mode semi-pd
+    SERVE_ARGS` on `engine_ports[i]`, pinned to `groups[i]`; the router serves `router_port`."""
+
+    def __init__(self, run_dir: Path, host: str, router_port: int, engine_ports: list[int], groups: list[list[int]],
+                 env: dict, router_policy: str = "cache-aware", metrics_port: int = 29000, serve_args=()):
+        from stack.up import SEMIPD
+
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.engines = [
+            ServerProcess(["taskset", "-c", ",".join(map(str, cores)), *SEMIPD, "serve", "--mode", "semi-pd",
+                           "--host", host, "--port", str(port), *serve_args],
+                          f"http://{local}:{port}", run_dir / f"engine-{i}.log", env)
+            for i, (port, cores) in enumerate(zip(engine_ports, groups))]
+        self.groups, self.admin_key = groups, env.get(ADMIN_KEY_ENV)
+        self.router = ServerProcess(router_command([e.url for e in self.engines], host, router_port, router_policy,
+                                                   metrics_port, self.admin_key),
+                                    f"http://{local}:{router_port}", run_dir / "router.log", env)
+
+    def launch(self) -> list[tuple[str, ServerProcess]]:
+        """Start every engine and the router, without waiting; (name, process) of each."""
+        parts = [(f"engine {i}", e.launch()) for i, e in enumerate(self.engines)]
+        return parts + [("router", self.router.launch())]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until every engine answers and the router counts them all healthy."""
+        import time
+
+        for engine in self.engines:
+            engine.wait_ready(timeout_s)
+        self.router.wait_ready(timeout_s, health_path="/health")  # (both timeouts count from the launch)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(healthy_engines(self.router.url, self.admin_key)) == len(self.engines):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the router at {self.router.url} does not count all {len(self.engines)} engines "
+                           f"healthy after 60 s; see {self.router.log_path}")
+
+
+def healthy_engines(router_url: str, admin_key: str | None) -> list[str]:
+    """The URLs of the engines SGLang's router counts healthy (its `GET /workers`, a control route)."""
+    import httpx
+
+    from contract.access import bearer
+
+    workers = httpx.get(router_url + "/workers", headers=bearer(admin_key), timeout=5).json()["workers"]
+    return [w["url"] for w in workers if w.get("is_healthy")]
