@@ -11,9 +11,12 @@ TTFT/TPOT, and the router already balances load between engines, so each tuner i
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
-from contract.access import ADMIN_KEY_ENV
+import httpx
+
+from contract.access import ADMIN_KEY_ENV, bearer
 from stack.server_process import ServerProcess
 
 ROUTER_POLICIES = {"cache-aware": "cache_aware", "round-robin": "round_robin"}
@@ -76,8 +79,6 @@ class Fleet:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Until every engine answers and the router counts them all healthy."""
-        import time
-
         for engine in self.engines:
             engine.wait_ready(timeout_s)
         self.router.wait_ready(timeout_s, health_path="/health")  # (both timeouts count from the launch)
@@ -92,9 +93,5 @@ class Fleet:
 
 def healthy_engines(router_url: str, admin_key: str | None) -> list[str]:
     """The URLs of the engines SGLang's router counts healthy (its `GET /workers`, a control route)."""
-    import httpx
-
-    from contract.access import bearer
-
     workers = httpx.get(router_url + "/workers", headers=bearer(admin_key), timeout=5).json()["workers"]
     return [w["url"] for w in workers if w.get("is_healthy")]
