@@ -1,10 +1,13 @@
 """semi-PD mode on a real loopback server: exact output, partitions, shared storage, live splits."""
 
 import asyncio
+import os
 import random
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -338,45 +341,58 @@ def test_a_step_sends_metadata_only_through_the_socket(semipd_server, restore_sp
     assert per_batch < 16_384, f"{per_batch:.0f} bytes per prefill batch on the socket"
 
 
+@contextmanager
+def worker_stopped(server):
+    """The prefill worker stopped (SIGSTOP) for the block: the owner goes on forming batches and
+    sending them (it may hold two), and none of them completes until the block ends. This makes
+    the pipeline's states certain, where the front end's pace decides them otherwise."""
+    pid = workers(server)["pids"]["prefill"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+        time.sleep(0.02)
+
+
 def test_the_next_prefill_is_formed_while_the_worker_runs_one(semipd_server, tiny_model):
-    """Whether requests reach the owner together (so that one waits while another is prefilled)
-    depends on the front end's pace: rounds of fresh prompts (at most 5) until one batch was
-    handed over while another ran; every output exact."""
     before = workers(semipd_server)["link"]["pipelined"]
     new_tokens = 16
-    for round_ in range(5):
-        # One chunk (64 tokens) each, so that every batch is one whole prompt: a prompt left half
-        # prefilled waits for its chunk to complete before the next batch is formed.
-        prompts = [prompt_ids(64, seed=6000 + 100 * round_ + i) for i in range(8)]
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            outputs = list(pool.map(lambda p: generate_ids(semipd_server.url, p, new_tokens), prompts))
-        for prompt, got in zip(prompts, outputs):
-            assert got == greedy_tokens(tiny_model, prompt, new_tokens)
-        if workers(semipd_server)["link"]["pipelined"] > before:
-            break
-    assert workers(semipd_server)["link"]["pipelined"] > before, \
-        f"no batch was handed over while another ran in {round_ + 1} rounds"
+    # One chunk (64 tokens) each, so that every batch is one whole prompt: a prompt left half
+    # prefilled waits for its chunk to complete before the next batch is formed.
+    prompts = [prompt_ids(64, seed=6000 + i) for i in range(4)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        with worker_stopped(semipd_server):
+            answers = [pool.submit(generate_ids, semipd_server.url, p, new_tokens) for p in prompts]
+            wait_until(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60,
+                       "batch handed over while another was held")
+        for prompt, answer in zip(prompts, answers):
+            assert answer.result() == greedy_tokens(tiny_model, prompt, new_tokens)
 
 
 def test_switching_to_unified_with_two_batches_handed_over_loses_nothing(semipd_server, tiny_model, restore_split):
-    """The switch to unified completes the worker's batches first. Whether a switch lands while
-    the pipeline holds two depends on timing, so rounds of fresh prompts go on until one
-    has (at most 15); every round's output must be exact."""
-    n = len(CORES)
-    new_tokens = 24
-    since = time.time()
-    most_handed_over = 0
-    for round_ in range(15):
-        prompts = [prompt_ids(64, seed=7000 + 100 * round_ + i) for i in range(48)]  # one chunk each
-        outputs = generate_while_moving(semipd_server, prompts, new_tokens, [(1, 1), (n, n)], 0.01)
-        for prompt, got in zip(prompts, outputs):
-            assert got == greedy_tokens(tiny_model, prompt, new_tokens)
-        switches = [h for h in get_split(semipd_server)["history"] if h["time"] >= since]
-        most_handed_over = max(h["handed_over"] for h in switches)
-        if most_handed_over == 2:
-            print(f"two batches handed over in round {round_ + 1}")
-            break
-    assert most_handed_over == 2, f"no switch to unified found two batches in flight in {round_ + 1} rounds"
+    """The switch to unified completes the worker's batches first: here it lands while the
+    worker holds two, and every output is exact."""
+    n, new_tokens = len(CORES), 24
+    since, before = time.time(), workers(semipd_server)["link"]["pipelined"]
+    prompts = [prompt_ids(64, seed=7000 + i) for i in range(6)]
+    with ThreadPoolExecutor(len(prompts) + 1) as pool:
+        with worker_stopped(semipd_server):
+            answers = [pool.submit(generate_ids, semipd_server.url, p, new_tokens) for p in prompts]
+            wait_until(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60, "second batch held")
+            switch = pool.submit(set_split, semipd_server, n, n)  # waits for the worker's two batches
+            time.sleep(0.5)
+        assert switch.result().status_code == 200
+        for prompt, answer in zip(prompts, answers):
+            assert answer.result() == greedy_tokens(tiny_model, prompt, new_tokens)
+    switches = [h for h in get_split(semipd_server)["history"] if h["time"] >= since]
+    assert [h["handed_over"] for h in switches] == [2], switches
 
 
 def test_the_loop_breakdown_names_where_the_owner_spends_its_time(semipd_server):
