@@ -5,7 +5,6 @@ other, and it rejoins when restarted."""
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,6 +14,7 @@ from contract.access import bearer
 from stack.fleet import Fleet, core_groups, healthy_engines
 from stack.server_process import ServerProcess
 from tests.conftest import EXACT, free_port
+from tests.live_tuning import wait_for
 from tests.reference_model import generate_ids, greedy_tokens, prompt_ids
 from tuner.engine_metrics import parse, total
 
@@ -71,18 +71,14 @@ def test_the_routers_control_routes_need_the_admin_key(fleet):
 def test_a_killed_engine_is_reported_down_and_rejoins_when_restarted(fleet, tiny_model):
     down = fleet.engines[1]
     down.stop()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(healthy_engines(fleet.router.url, KEY)) != 1:
-        time.sleep(0.5)
+    wait_for(lambda: len(healthy_engines(fleet.router.url, KEY)) == 1, 30, "the router to count one engine down")
     assert healthy_engines(fleet.router.url, KEY) == [fleet.engines[0].url]
     outputs, prompts = through_router(fleet, 8, seed=200)  # sent after it died: all served by the other
     assert outputs[0] == greedy_tokens(tiny_model, prompts[0], 6) and all(len(o) == 6 for o in outputs)
 
     fleet.engines[1] = ServerProcess(down.command, down.url, down.log_path.with_suffix(".restarted.log"),
                                      down.env).start(timeout_s=300)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(healthy_engines(fleet.router.url, KEY)) != 2:
-        time.sleep(0.5)
+    wait_for(lambda: len(healthy_engines(fleet.router.url, KEY)) == 2, 30, "the router to count it back")
     assert sorted(healthy_engines(fleet.router.url, KEY)) == sorted(e.url for e in fleet.engines)
     before = served(fleet.engines[1])
     through_router(fleet, 8, seed=300)

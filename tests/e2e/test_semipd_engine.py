@@ -15,6 +15,7 @@ import pytest
 from engine.partition.cpu import process_affinity
 from loadtest.load_generator import run_concurrently
 from tests.conftest import EXACT, post_declaring, start_semipd_server, start_tuner
+from tests.live_tuning import wait_for
 from tests.reference_model import check_equal_to_transformers, generate_ids, greedy_tokens, prompt_ids
 
 CORES = sorted(__import__("os").sched_getaffinity(0))
@@ -354,13 +355,6 @@ def worker_stopped(server):
         os.kill(pid, signal.SIGCONT)
 
 
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.02)
-
-
 def test_the_next_prefill_is_formed_while_the_worker_runs_one(semipd_server, tiny_model):
     before = workers(semipd_server)["link"]["pipelined"]
     new_tokens = 16
@@ -370,7 +364,7 @@ def test_the_next_prefill_is_formed_while_the_worker_runs_one(semipd_server, tin
     with ThreadPoolExecutor(len(prompts)) as pool:
         with worker_stopped(semipd_server):
             answers = [pool.submit(generate_ids, semipd_server.url, p, new_tokens) for p in prompts]
-            wait_until(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60,
+            wait_for(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60,
                        "batch handed over while another was held")
         for prompt, answer in zip(prompts, answers):
             assert answer.result() == greedy_tokens(tiny_model, prompt, new_tokens)
@@ -385,7 +379,7 @@ def test_switching_to_unified_with_two_batches_handed_over_loses_nothing(semipd_
     with ThreadPoolExecutor(len(prompts) + 1) as pool:
         with worker_stopped(semipd_server):
             answers = [pool.submit(generate_ids, semipd_server.url, p, new_tokens) for p in prompts]
-            wait_until(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60, "second batch held")
+            wait_for(lambda: workers(semipd_server)["link"]["pipelined"] > before, 60, "second batch held")
             switch = pool.submit(set_split, semipd_server, n, n)  # waits for the worker's two batches
             time.sleep(0.5)
         assert switch.result().status_code == 200

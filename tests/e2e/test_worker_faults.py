@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import EXACT, start_semipd_server, start_tuner
 from tests.e2e.test_semipd_engine import get_split, workers
+from tests.live_tuning import wait_for
 from tests.reference_model import generate_ids, greedy_tokens, prompt_ids
 
 HUNG_AFTER_S = 3.0  # the server's --prefill-timeout
@@ -117,10 +118,8 @@ def test_a_worker_killed_under_100_requests_loses_none_and_comes_back_on_its_spl
         wait_for_new_worker(server, done["pid"])
         assert get_split(server)["split"] == {"prefill": 1, "decode": 1}  # the split in force before
         assert deaths_counted(server, "exited") == before + 1
-        deadline = time.time() + 10
-        while time.time() < deadline and not [e for e in httpx.get(tuner.url + "/state").json()["events"]
-                                              if e["kind"] == "prefill worker died"]:
-            time.sleep(0.5)
+        wait_for(lambda: [e for e in httpx.get(tuner.url + "/state").json()["events"]
+                          if e["kind"] == "prefill worker died"], 10, "the tuner's event")
         kinds = [e["kind"] for e in httpx.get(tuner.url + "/state").json()["events"]]
         assert "prefill worker died" in kinds and "prefill worker replaced" in kinds, kinds
     finally:
