@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from contract.access import ADMIN_KEY_ENV, bearer
-from stack.server_process import ServerProcess
+from stack.server_process import SEMIPD, ServerProcess
 
 ROUTER_POLICIES = {"cache-aware": "cache_aware", "round-robin": "round_robin"}
 # Health checks every 2 s, two misses to mark an engine down, one answer to bring it back.
@@ -53,20 +53,27 @@ def router_command(engine_urls: list[str], host: str, port: int, policy: str, me
     return command
 
 
+def pinned(cores: list[int], command: list[str]) -> list[str]:
+    """`command` run on `cores` only (taskset)."""
+    return ["taskset", "-c", ",".join(map(str, cores)), *command]
+
+
+def semipd_engine(cores: list[int], host: str, port: int, serve_args=()) -> list[str]:
+    """`semipd serve --mode semi-pd` on `cores`, serving `port`."""
+    return pinned(cores, [*SEMIPD, "serve", "--mode", "semi-pd", "--host", host, "--port", str(port), *serve_args])
+
+
 class Fleet:
-    """The engines and the router of one fleet: engine i is `semipd serve --mode semi-pd
-    SERVE_ARGS` on `engine_ports[i]`, pinned to `groups[i]`; the router serves `router_port`."""
+    """The engines and the router of one fleet: engine i runs `commands[i]` (pinned to `groups[i]`)
+    and serves `engine_ports[i]`; the router serves `router_port`."""
 
     def __init__(self, run_dir: Path, host: str, router_port: int, engine_ports: list[int], groups: list[list[int]],
-                 env: dict, router_policy: str = "cache-aware", metrics_port: int = 29000, serve_args=()):
-        from stack.up import SEMIPD
-
+                 env: dict, router_policy: str = "cache-aware", metrics_port: int = 29000,
+                 commands: list[list[str]] | None = None):
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        self.engines = [
-            ServerProcess(["taskset", "-c", ",".join(map(str, cores)), *SEMIPD, "serve", "--mode", "semi-pd",
-                           "--host", host, "--port", str(port), *serve_args],
-                          f"http://{local}:{port}", run_dir / f"engine-{i}.log", env)
-            for i, (port, cores) in enumerate(zip(engine_ports, groups))]
+        commands = commands or [semipd_engine(cores, host, port) for port, cores in zip(engine_ports, groups)]
+        self.engines = [ServerProcess(command, f"http://{local}:{port}", run_dir / f"engine-{i}.log", env)
+                        for i, (command, port) in enumerate(zip(commands, engine_ports))]
         self.groups, self.admin_key = groups, env.get(ADMIN_KEY_ENV)
         self.router = ServerProcess(router_command([e.url for e in self.engines], host, router_port, router_policy,
                                                    metrics_port, self.admin_key),

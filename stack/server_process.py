@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+
+SEMIPD = [sys.executable, "-m", "cli.main"]  # the `semipd` command, in this interpreter
 
 
 class ServerStartError(RuntimeError):

@@ -16,7 +16,6 @@ import asyncio
 import os
 import secrets
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
 from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
 from loadtest.load_generator import replay
 from loadtest.workload import parse_workload
-from stack.fleet import Fleet, core_groups
-from stack.server_process import ServerProcess
+from stack.fleet import Fleet, core_groups, semipd_engine
+from stack.server_process import SEMIPD, ServerProcess
 
-SEMIPD = [sys.executable, "-m", "cli.main"]
 TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "azure_llm_2023_conv.csv"
 # Five minutes of the conversation trace, lengths scaled to the tiny model's 2,048-token context.
 TRACE_DEMO = f"trace:{TRACE},duration=300,len_scale=0.25,max_prompt=1024,max_output=256"
@@ -128,9 +126,10 @@ class Stack:
                                            str(engine_port), *serve], self.url["engine"], run_dir / "engine.log",
                                           self.env)]
         else:
-            self.fleet = Fleet(run_dir, host, engine_port, self.ports["engines"],
-                               core_groups(sorted(os.sched_getaffinity(0)), engines), self.env, router,
-                               router_metrics_port, serve)
+            groups = core_groups(sorted(os.sched_getaffinity(0)), engines)
+            self.fleet = Fleet(run_dir, host, engine_port, self.ports["engines"], groups, self.env, router,
+                               router_metrics_port,
+                               [semipd_engine(g, host, p, serve) for g, p in zip(groups, self.ports["engines"])])
             self.engines = self.fleet.engines
         # The dashboard shows the first engine and its tuner.
         self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",

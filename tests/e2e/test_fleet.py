@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from contract.access import bearer
-from stack.fleet import Fleet, core_groups, healthy_engines
+from stack.fleet import Fleet, core_groups, healthy_engines, semipd_engine
 from stack.server_process import ServerProcess
 from tests.conftest import EXACT, free_port
 from tests.live_tuning import wait_for
@@ -25,9 +25,11 @@ KEY = "fleet-test-key"
 def fleet(tiny_model, tmp_path_factory):
     cores = sorted(os.sched_getaffinity(0))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEMIPD_ADMIN_KEY": KEY}
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), "127.0.0.1", free_port(), [free_port(), free_port()],
-                  core_groups(cores, 2), env, router_policy="round-robin", metrics_port=free_port(),
-                  serve_args=["--model", str(tiny_model), *EXACT])
+    ports, groups = [free_port(), free_port()], core_groups(cores, 2)
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"), "127.0.0.1", free_port(), ports, groups, env,
+                  router_policy="round-robin", metrics_port=free_port(),
+                  commands=[semipd_engine(g, "127.0.0.1", p, ["--model", str(tiny_model), *EXACT])
+                            for g, p in zip(groups, ports)])
     parts = fleet.launch()
     try:
         fleet.wait_ready(300)
