@@ -13,8 +13,13 @@ HELP = "the live control panel (Streamlit): SLOs, latencies, the split, tuner co
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = HELP
-    parser.add_argument("--tuner", required=True, metavar="URL", help="a `semipd tune` service")
-    parser.add_argument("--engine", default="", metavar="URL", help="its engine, for KV and radix cache panels")
+    parser.add_argument("--tuner", required=True, action="append", metavar="URL",
+                        help="a `semipd tune` service; a fleet's: once per engine (the fleet view shows them all)")
+    parser.add_argument("--engine", default="", metavar="URL",
+                        help="the engine of a single tuner, for KV and radix cache panels (a fleet's tuners name theirs)")
+    parser.add_argument("--router-metrics", default="", metavar="URL",
+                        help="a fleet's SGLang router's Prometheus endpoint (e.g. http://127.0.0.1:29000/metrics): "
+                             "which engines it counts healthy")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1); its controls ask for the tuner's key, and "
                              "are not offered beyond loopback for a tuner without one")
@@ -30,9 +35,9 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     app = Path(dashboard.__file__).with_name("app.py")
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false", "--", "--tuner", args.tuner, "--engine", args.engine,
-               "--bind", args.host]
-    print(f"semipd dashboard: http://{args.host}:{args.port} (tuner {args.tuner})", flush=True)
+               "--browser.gatherUsageStats", "false", "--", *(f"--tuner={url}" for url in args.tuner),
+               "--engine", args.engine, "--router-metrics", args.router_metrics, "--bind", args.host]
+    print(f"semipd dashboard: http://{args.host}:{args.port} (tuner {', '.join(args.tuner)})", flush=True)
     # app.py imports the dashboard package: the folder above it goes on the path of streamlit's process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(app.parent.parent), os.environ.get("PYTHONPATH")]))}
     try:

@@ -12,7 +12,11 @@ know go to `semipd serve` (and so to SGLang).
 its own share of this machine's cores, SGLang's router in front of them on --engine-port (the one
 URL clients use; `--router cache-aware|round-robin`), the engines on the ports after it, and one
 tuner per engine on --tuner-port and the ports after it. The router's worker routes need the
-admin key.
+admin key. An engine that exits is started again (three times at most); the dashboard's fleet
+view shows every engine and which ones the router counts healthy.
+
+Where Prometheus is installed (Debian's `prometheus`), it scrapes every engine, tuner and router
+on --prometheus-port; its configuration is written to --run-dir/prometheus.yml.
 
 Keys: the engine's admin key and the tuner's key are taken from SEMIPD_ADMIN_KEY and
 SEMIPD_TUNER_KEY, or generated; they are written to --run-dir/keys.env (readable by you only) and
@@ -22,6 +26,7 @@ the tuner's is printed: the dashboard's controls ask for it.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import time
@@ -52,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the router's policy, with --engines > 1 (default cache-aware)")
     parser.add_argument("--router-metrics-port", type=int, default=29000,
                         help="the router's Prometheus metrics, with --engines > 1 (default 29000)")
+    parser.add_argument("--prometheus-port", type=int, default=9090, metavar="P",
+                        help="Prometheus, where installed, scraping every engine, tuner and router on P "
+                             "(default 9090; 0: none)")
     parser.add_argument("--demo", action="store_true", help="replay a slice of a trace again and again")
     parser.add_argument("--demo-workload", metavar="SPEC",
                         help="what --demo replays (default: 5 minutes of ../shared/data's Azure conversation "
@@ -72,6 +80,8 @@ def checked_ports(args) -> dict[str, int]:
     more = fleet_ports(args.engine_port, args.tuner_port, args.engines)
     ports = {"--engine-port": args.engine_port, "--tuner-port": args.tuner_port,
              "--dashboard-port": args.dashboard_port}
+    if args.prometheus_port:
+        ports["--prometheus-port"] = args.prometheus_port
     if args.engines > 1:
         ports |= {f"engine {i}'s port (--engine-port + {i + 1})": p for i, p in enumerate(more["engines"])}
         ports |= {f"tuner {i}'s port (--tuner-port + {i})": p for i, p in enumerate(more["tuners"][1:], 1)}
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     from loadtest.workload import WorkloadError
     from policies import POLICIES
     from stack.server_process import ServerStartError
-    from stack.up import Stack, demo_workload, measured_slos
+    from stack.up import PROMETHEUS, Stack, demo_workload, measured_slos
 
     try:
         for name in ("ttft_slo", "tpot_slo"):
@@ -122,6 +132,9 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} {value} is out of range (0, 3600) seconds")
         if args.policy not in POLICIES:
             raise ValueError(f"unknown --policy {args.policy!r}; valid policies: {', '.join(POLICIES)}")
+        if args.prometheus_port and not shutil.which(PROMETHEUS):
+            print("semipd up: Prometheus is not installed (`apt install prometheus`): not started", file=sys.stderr)
+            args.prometheus_port = 0
         checked_ports(args)
         demo = demo_workload(args.demo_workload) if args.demo else None
     except (ValueError, WorkloadError) as exc:
@@ -130,7 +143,8 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
 
     run_dir = Path(args.run_dir)
     stack = Stack(run_dir, args.host, args.engine_port, args.tuner_port, args.dashboard_port, args.model,
-                  args.split, args.policy, passthrough, args.engines, args.router, args.router_metrics_port)
+                  args.split, args.policy, passthrough, args.engines, args.router, args.router_metrics_port,
+                  args.prometheus_port)
     url = stack.url
     # SIGTERM as Ctrl-C; and Ctrl-C even where the shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -155,6 +169,8 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
               f"  dashboard  {url['dashboard']}\n"
               + serving_lines(stack, args.policy)
               + f"  SLOs       TTFT {ttft * 1e3:.0f} ms, TPOT {tpot * 1e3:.1f} ms ({origin})\n"
+              + (f"  prometheus {url['prometheus']}  (scraping every engine and tuner{', and the router' if stack.fleet else ''})\n"
+                 if stack.prometheus else "")
               + f"  tuner key  {tuner_key_shown(stack)}\n"
               + (f"  demo load  {demo[0]}, {len(demo[1])} requests a round, in a loop\n" if demo else "")
               + "Ctrl-C stops everything.", flush=True)
@@ -163,6 +179,11 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
             dead = stack.exited()
             if dead:
                 name, p = dead
+                if stack.restart_engine(name):
+                    print(f"semipd up: {name} exited with code {p.process.returncode}; starting it again "
+                          f"(the router sends it nothing until it answers). Last lines of {p.log_path}:\n"
+                          f"{p.log_tail()}", file=sys.stderr, flush=True)
+                    continue
                 print(f"semipd up: the {name} exited with code {p.process.returncode}; stopping the rest. "
                       f"Last lines of {p.log_path}:\n{p.log_tail()}", file=sys.stderr)
                 return 1

@@ -1,4 +1,6 @@
-"""The semipd control panel (Streamlit). Run it with `semipd dashboard --tuner URL [--engine URL]`.
+"""The semipd control panel (Streamlit). Run it with `semipd dashboard --tuner URL [--engine URL]`;
+a fleet's with `--tuner URL` once per engine (and `--router-metrics URL`): the fleet view on top,
+then the panels and controls of the engine chosen.
 
 It talks to the tuner's HTTP API (and the engine's /metrics) only. The live panels refresh every
 2 s in a fragment; the controls below them change the tuner's settings, set the split by hand,
@@ -22,17 +24,20 @@ import streamlit as st
 
 from contract.access import TUNER_KEY_ENV, is_loopback
 from dashboard import tuner_client as api
+from dashboard.fleet_view import engine_row, fleet_goodput, router_health
 from policies import POLICIES, get_policy
 
 
-def from_command_line() -> tuple[str, str, str]:
-    """(tuner URL, engine URL, the address this dashboard serves)."""
+def from_command_line() -> tuple[list[str], str, str, str]:
+    """(tuner URLs: one per engine, engine URL, the router's metrics URL, the address this dashboard serves)."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tuner", default=os.environ.get("SEMIPD_TUNER_URL", "http://127.0.0.1:31000"))
+    parser.add_argument("--tuner", action="append")
     parser.add_argument("--engine", default=os.environ.get("SEMIPD_ENGINE_URL", ""))
+    parser.add_argument("--router-metrics", default="")
     parser.add_argument("--bind", default="127.0.0.1")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.tuner, args.engine, args.bind
+    tuners = args.tuner or [os.environ.get("SEMIPD_TUNER_URL", "http://127.0.0.1:31000")]
+    return tuners, args.engine, args.router_metrics, args.bind
 
 
 def seconds_ago(windows: list[dict]) -> pd.Index:
@@ -257,13 +262,44 @@ def show(reply: api.Reply, success: str) -> None:
         st.success(success)
 
 
+def fleet_panel(tuners: list[str], router_metrics: str) -> None:
+    health, error = router_health(router_metrics) if router_metrics else ({}, None)
+    rows = []
+    for tuner in tuners:
+        reply = api.state(tuner)
+        rows.append(engine_row(tuner, reply.data if not reply.error else None, reply.error, health))
+    goodput, rate = fleet_goodput(rows)
+    cols = st.columns(4)
+    cols[0].metric("engines serving", f"{sum(r['serving'] == 'yes' for r in rows)} of {len(rows)}")
+    cols[1].metric("router counts healthy", f"{sum(r['router'] == 'healthy' for r in rows)} of {len(rows)}"
+                   if router_metrics else "-")
+    cols[2].metric("fleet requests/s", f"{rate:.2f}")
+    cols[3].metric("fleet goodput", f"{goodput:.2f} req/s", help="requests/s within both SLOs, at least, summed")
+    if error:
+        st.warning(error)
+    for row in rows:
+        if row["router"] == "down" or row["serving"] != "yes":
+            st.error(f"engine {row['engine']} is down: router {row['router']}, tuner says {row['serving']}")
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="semipd", layout="wide")
-    tuner_default, engine_default, bind = from_command_line()
-    tuner = st.session_state.setdefault("tuner_url", tuner_default)
-    engine = st.session_state.setdefault("engine_url", engine_default)
+    tuners_default, engine_default, router_metrics, bind = from_command_line()
+    tuners = st.session_state.setdefault("tuner_urls", tuners_default)
+    router_metrics = st.session_state.setdefault("router_metrics_url", router_metrics)
     bind = st.session_state.setdefault("bind", bind)
     st.title("semipd: SLOs and the compute split")
+    if len(tuners) > 1:
+        st.subheader("fleet")
+        st.fragment(run_every=2)(lambda: fleet_panel(tuners, router_metrics))()
+        st.divider()
+        # one engine's panels and controls at a time
+        tuner = st.selectbox("engine (its tuner)", tuners, key="tuner_url")
+        engine = (api.state(tuner).data or {}).get("engine", "")
+    else:
+        tuner = st.session_state.setdefault("tuner_url", tuners[0])
+        engine = st.session_state.setdefault("engine_url", engine_default)
     st.fragment(run_every=2)(lambda: live_panels(tuner, engine))()
     st.divider()
     allowed, key = unlocked(tuner, bind)

@@ -46,7 +46,9 @@ def router_command(engine_urls: list[str], host: str, port: int, policy: str, me
         raise ValueError(f"unknown router policy {policy!r}; valid: {', '.join(ROUTER_POLICIES)}")
     command = [sys.executable, "-m", "sglang_router.launch_router", "--worker-urls", *engine_urls,
                "--host", host, "--port", str(port), "--policy", ROUTER_POLICIES[policy],
-               "--prometheus-port", str(metrics_port), "--log-level", "warn",
+               "--prometheus-port", str(metrics_port),
+               "--prometheus-host", host,  # (its default is every interface)
+               "--log-level", "warn",
                "--worker-startup-timeout-secs", "900", *ROUTER_HEALTH]
     if admin_key:
         command += ["--control-plane-api-keys", f"semipd:operator:admin:{admin_key}"]
@@ -75,6 +77,7 @@ class Fleet:
         self.engines = [ServerProcess(command, f"http://{local}:{port}", run_dir / f"engine-{i}.log", env)
                         for i, (command, port) in enumerate(zip(commands, engine_ports))]
         self.groups, self.admin_key = groups, env.get(ADMIN_KEY_ENV)
+        self.metrics_url = f"http://{local}:{metrics_port}/metrics"  # the router's: which engines it counts healthy
         self.router = ServerProcess(router_command([e.url for e in self.engines], host, router_port, router_policy,
                                                    metrics_port, self.admin_key),
                                     f"http://{local}:{router_port}", run_dir / "router.log", env)

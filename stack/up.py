@@ -1,7 +1,8 @@
 """The whole stack on this machine, no Docker (`semipd up`): engine, tuner and dashboard, each a
 `semipd` command in its own process with its log in a run folder, and a demo load. With more
 than one engine, a fleet (stack/fleet.py): the engines on their own cores behind SGLang's router,
-one tuner each.
+one tuner each; a fleet engine that exits is started again (the router takes it back). Where
+Prometheus is installed, it scrapes every engine, tuner and the router.
 
 The engine (`semipd serve --mode semi-pd`) and the dashboard start at once; the tuner once the
 engine answers, with SLOs measured on it unloaded (7.5x, as `semipd calibrate-slo` does) unless
@@ -19,16 +20,21 @@ import socket
 import threading
 from pathlib import Path
 
+import yaml
+
 from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
 from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
 from loadtest.load_generator import replay
 from loadtest.workload import parse_workload
 from stack.fleet import Fleet, core_groups, semipd_engine
+from stack.prometheus_config import scrape_config
 from stack.server_process import SEMIPD, ServerProcess
 
 TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "azure_llm_2023_conv.csv"
 # Five minutes of the conversation trace, lengths scaled to the tiny model's 2,048-token context.
 TRACE_DEMO = f"trace:{TRACE},duration=300,len_scale=0.25,max_prompt=1024,max_output=256"
+MAX_RESTARTS = 3  # of one fleet engine, before `semipd up` gives up on it and stops
+PROMETHEUS = "prometheus"  # Debian's package
 SYNTHETIC_DEMO = "poisson:rate=3,prompt=lognormal(256,1),output=lognormal(64,0.8),count=900"
 
 
@@ -109,7 +115,8 @@ class Stack:
 
     def __init__(self, run_dir: Path, host: str, engine_port: int, tuner_port: int, dashboard_port: int,
                  model: str | None = None, split: str | None = None, policy: str = "mpc", serve_args=(),
-                 engines: int = 1, router: str = "cache-aware", router_metrics_port: int = 29000):
+                 engines: int = 1, router: str = "cache-aware", router_metrics_port: int = 29000,
+                 prometheus_port: int | None = None):
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir, self.host, self.policy = run_dir, host, policy
         self.local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -131,11 +138,25 @@ class Stack:
                                router_metrics_port,
                                [semipd_engine(g, host, p, serve) for g, p in zip(groups, self.ports["engines"])])
             self.engines = self.fleet.engines
-        # The dashboard shows the first engine and its tuner.
-        self.dashboard = ServerProcess([*SEMIPD, "dashboard", "--tuner", self.url["tuner"], "--engine",
-                                        self.engines[0].url, "--host", host, "--port", str(dashboard_port)],
+        self.tuner_urls = [f"http://{self.local}:{port}" for port in self.ports["tuners"]]
+        # A fleet's dashboard shows every engine (its fleet view) and one at a time below it.
+        fleet_args = [f"--router-metrics={self.fleet.metrics_url}"] if self.fleet else []
+        self.dashboard = ServerProcess([*SEMIPD, "dashboard", *(f"--tuner={url}" for url in self.tuner_urls),
+                                        "--engine", self.engines[0].url, *fleet_args, "--host", host,
+                                        "--port", str(dashboard_port)],
                                        self.url["dashboard"], run_dir / "dashboard.log",
                                        {**plain, "PYTHONUNBUFFERED": "1"})
+        self.prometheus = None
+        if prometheus_port:  # scraping every engine, every tuner and the router
+            config = scrape_config([e.url.removeprefix("http://") for e in self.engines],
+                                   [u.removeprefix("http://") for u in self.tuner_urls],
+                                   f"{self.local}:{router_metrics_port}" if self.fleet else None)
+            (run_dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+            self.url["prometheus"] = f"http://{self.local}:{prometheus_port}"
+            self.prometheus = ServerProcess(
+                [PROMETHEUS, f"--config.file={run_dir / 'prometheus.yml'}", f"--storage.tsdb.path={run_dir / 'prometheus'}",
+                 f"--web.listen-address={host}:{prometheus_port}"], self.url["prometheus"], run_dir / "prometheus.log")
+        self.restarts = {}  # fleet engine index -> restarts so far
         self.tuners: list[ServerProcess] = []
         self.parts: list[tuple[str, ServerProcess]] = []  # the started ones, in order
         self.load: DemoLoad | None = None
@@ -144,6 +165,8 @@ class Stack:
         """Start the engine(s) (and the router) and the dashboard, without waiting for them."""
         self.parts += self.fleet.launch() if self.fleet else [("engine", self.engines[0].launch())]
         self.parts.append(("dashboard", self.dashboard.launch()))
+        if self.prometheus:
+            self.parts.append(("prometheus", self.prometheus.launch()))
 
     def wait_engines(self, timeout_s: float) -> float:
         """Until the engine(s) answer (and the router counts them all healthy); seconds it took."""
@@ -155,13 +178,13 @@ class Stack:
 
     def start_tuners(self, ttft_slo_s: float, tpot_slo_s: float) -> None:
         """Start a tuner on each engine (a fresh store in the run folder) and wait until they answer."""
-        for i, (engine, port) in enumerate(zip(self.engines, self.ports["tuners"])):
+        for i, (engine, port, url) in enumerate(zip(self.engines, self.ports["tuners"], self.tuner_urls)):
             name = "tuner" if len(self.engines) == 1 else f"tuner-{i}"
             tuner = ServerProcess([*SEMIPD, "tune", "--engine", engine.url, "--policy", self.policy,
                                    "--ttft-slo", f"{ttft_slo_s:.4f}", "--tpot-slo", f"{tpot_slo_s:.4f}",
                                    "--host", self.host, "--port", str(port),
                                    "--store", str(self.run_dir / f"{name}.db"), "--fresh"],
-                                  f"http://{self.local}:{port}", self.run_dir / f"{name}.log", self.env)
+                                  url, self.run_dir / f"{name}.log", self.env)
             self.parts.append((name.replace("-", " "), tuner.launch()))
             self.tuners.append(tuner)
         for tuner in self.tuners:
@@ -179,6 +202,22 @@ class Stack:
         """The first started part whose process has exited, with its name; None while all run."""
         dead = [(name, p) for name, p in self.parts if p.process.poll() is not None]
         return dead[0] if dead else None
+
+    def restart_engine(self, name: str) -> bool:
+        """Start a fleet engine again that exited (named "engine I"), as it was started; the
+        router's health checks take it back when it answers. False for any other part, and for an
+        engine that already needed MAX_RESTARTS: then something is wrong with it, not transient."""
+        if not self.fleet or not name.startswith("engine "):
+            return False
+        index = int(name.split()[1])
+        self.restarts[index] = self.restarts.get(index, 0) + 1
+        if self.restarts[index] > MAX_RESTARTS:
+            return False
+        old = self.fleet.engines[index]
+        new = ServerProcess(old.command, old.url, old.log_path.with_suffix(f".{self.restarts[index]}.log"), old.env)
+        self.fleet.engines[index] = new  # (self.engines is the same list)
+        self.parts[[n for n, _ in self.parts].index(name)] = (name, new.launch())
+        return True
 
     def stop(self) -> None:
         """Stop the demo load and every started part, the last started first."""

@@ -16,23 +16,13 @@ import yaml
 from contract import QUEUE_LENGTH, STEP_TIME, TPOT, TTFT
 from loadtest.load_generator import replay
 from loadtest.workload import Request
+from stack.prometheus_config import scrape_config
 from stack.server_process import ServerProcess
 from tests.conftest import REPO, free_port, start_tuner
 from tests.live_tuning import get, shifting_load, shifting_load_tuner_args, wait_for
 from tuner.engine_client import EngineClient
 from tuner.engine_metrics import cumulative_buckets, total
 from tuner.prometheus_source import PrometheusSource
-
-
-def loopback_config(engine: str, tuner: str) -> dict:
-    """deploy/prometheus/prometheus.yml with the loopback targets, scraping every second (the
-    test's tuner ticks every second)."""
-    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    config["global"]["scrape_interval"] = "1s"
-    targets = {"semipd-engine": engine, "semipd-tuner": tuner}
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,9 @@ def prometheus(semipd_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prometheus")
     tuner_port, port = free_port(), free_port()
     engine = semipd_server.url.removeprefix("http://")
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(loopback_config(engine, f"127.0.0.1:{tuner_port}")))
+    # the tuner below ticks every second
+    config = scrape_config([engine], [f"127.0.0.1:{tuner_port}"], interval="1s")
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     server = ServerProcess([binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
                             f"--web.listen-address=127.0.0.1:{port}"], f"http://127.0.0.1:{port}", folder / "prometheus.log")
     server.start(timeout_s=60, health_path="/-/ready")

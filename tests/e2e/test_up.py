@@ -18,7 +18,7 @@ from stack.up import port_in_use
 from tests.conftest import REPO, free_port
 from tests.headless_browser import open_page
 
-PORTS = (30000, 31000, 8501)  # the defaults a user gets
+PORTS = (30000, 31000, 8501, 9090)  # the defaults a user gets (9090: Prometheus)
 
 
 def readme_main_command() -> str:

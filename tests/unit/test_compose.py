@@ -81,13 +81,16 @@ def test_ports_and_addresses_name_services_that_listen_there(compose):
     assert f":{ports['engine']}/health" in health
 
 
-def test_prometheus_scrapes_engine_and_tuner_where_they_listen(compose):
+def test_prometheus_scrapes_every_engine_the_tuner_and_the_router_where_they_listen(compose):
     services, ports = compose["services"], listening(compose)
     mounts = {m.split(":")[1]: m.split(":")[0] for m in services["prometheus"]["volumes"]}
     config_path = next(arg.split("=", 1)[1] for arg in services["prometheus"]["command"] if arg.startswith("--config.file="))
     config = yaml.safe_load((REPO / mounts[config_path]).read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets == {"semipd-engine": [f"engine:{ports['engine']}"], "semipd-tuner": [f"tuner:{ports['tuner']}"]}
+    engines = [name for name in services if name == "engine" or name.startswith("engine-")]
+    assert targets == {"semipd-engine": [f"{name}:{ports[name]}" for name in engines],
+                       "semipd-tuner": [f"tuner:{ports['tuner']}"],
+                       "semipd-router": [f"router:{flag(services['router']['command'], '--prometheus-port')}"]}
     # `semipd tune --prometheus` selects the engine's series by the instance label Prometheus gives it
     assert urlparse(flag(services["tuner"]["command"], "--engine")).netloc == targets["semipd-engine"][0]
 
