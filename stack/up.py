@@ -214,7 +214,7 @@ class Stack:
         if self.restarts[index] > MAX_RESTARTS:
             return False
         old = self.fleet.engines[index]
-        new = ServerProcess(old.command, old.url, old.log_path.with_suffix(f".{self.restarts[index]}.log"), old.env)
+        new = ServerProcess(old.command, old.url, self.run_dir / f"engine-{index}.{self.restarts[index]}.log", old.env)
         self.fleet.engines[index] = new  # (self.engines is the same list)
         self.parts[[n for n, _ in self.parts].index(name)] = (name, new.launch())
         return True

@@ -25,3 +25,50 @@ def test_the_router_command_parses_with_the_installed_router():
     from sglang_router.launch_router import parse_router_args
 
     parse_router_args(command[command.index("--worker-urls"):])
+
+
+
+@pytest.fixture
+def two_core_stack(tmp_path, monkeypatch):
+    """`semipd up --engines 2`'s parts, not started, as on a machine of two cores."""
+    import os
+
+    from stack.up import Stack
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    return Stack(tmp_path, "127.0.0.1", 40000, 41000, 42000, engines=2, router_metrics_port=29500,
+                 prometheus_port=49090)
+
+
+def test_semipd_up_starts_a_fleet_engine_that_exited_again_three_times_at_most(two_core_stack):
+    from stack.up import MAX_RESTARTS
+
+    stack = two_core_stack
+    assert stack.engines is stack.fleet.engines
+    for engine in stack.engines:  # a stand-in that exits at once, where an engine would run
+        engine.command = ["true"]
+    stack.parts = [(f"engine {i}", e.launch()) for i, e in enumerate(stack.engines)]
+    first = stack.engines[1]
+    for restart in range(1, MAX_RESTARTS + 1):
+        stack.parts[1][1].process.wait(10)
+        assert stack.restart_engine("engine 1")
+        assert stack.engines[1] is not first and stack.parts[1] == ("engine 1", stack.engines[1])
+        assert stack.engines[1].command == ["true"] and stack.engines[1].log_path.name == f"engine-1.{restart}.log"
+    assert not stack.restart_engine("engine 1"), "an engine that keeps dying stops the stack"
+    assert not stack.restart_engine("dashboard") and not stack.restart_engine("tuner 0")
+
+
+def test_prometheus_scrapes_every_engine_tuner_and_the_router_and_the_dashboard_shows_them_all(two_core_stack):
+    import yaml
+
+    stack = two_core_stack
+    config = yaml.safe_load((stack.run_dir / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets == {"semipd-engine": ["127.0.0.1:40001", "127.0.0.1:40002"],
+                       "semipd-tuner": ["127.0.0.1:41000", "127.0.0.1:41001"],
+                       "semipd-router": ["127.0.0.1:29500"]}
+    assert "--web.listen-address=127.0.0.1:49090" in stack.prometheus.command
+    dashboard = stack.dashboard.command
+    assert [a for a in dashboard if a.startswith("--tuner=")] == ["--tuner=http://127.0.0.1:41000",
+                                                                  "--tuner=http://127.0.0.1:41001"]
+    assert "--router-metrics=http://127.0.0.1:29500/metrics" in dashboard
