@@ -4,9 +4,12 @@ Each trial simulates the workload with the policy and the trial's parameters (de
 trial), or replays it against a live engine with the tuner running (--target URL; minutes per
 trial). The objective is the SLO attainment at --rate, or the goodput (highest rate with >= 90%
 attainment, by bisection). The first trial is the policy's defaults, so the gain is measured.
-Studies live in an Optuna storage (a SQLite file by default; any RDB URL, so several `semipd
-search` processes can share one study). The best parameters go to --out as JSON, which
-`semipd tune --params` and `semipd simulate --policy NAME:FILE` read.
+Studies live in an Optuna RDB storage, which several `semipd search` processes (and tuners, with
+`semipd tune --study`) can share, started at once or not: a SQLite file on one machine, or across
+machines a PostgreSQL or MySQL URL such as postgresql+psycopg2://user:password@host/db (needs
+`pip install psycopg2-binary`) or mysql+pymysql://user:password@host/db (`pip install pymysql`).
+Give each its own --seed: the same seed proposes the same first trials. The best parameters go
+to --out as JSON, which `semipd tune --params` and `semipd simulate --policy NAME:FILE` read.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hardware", default="a100-80gb", help="sim: a named GPU or a calibrated profile .json")
     parser.add_argument("--model", default="llama-3-8b", help="sim: a named model")
     parser.add_argument("--split", metavar="P,D", help="the split at the start (default half and half)")
-    parser.add_argument("--storage", default="sqlite:///semipd-search.db", help="Optuna storage URL")
+    parser.add_argument("--storage", default="sqlite:///semipd-search.db",
+                        help="Optuna RDB URL: sqlite:///FILE.db, postgresql+psycopg2://user:password@host/db, "
+                             "mysql+pymysql://...; several searches may share one study in it")
     parser.add_argument("--study", help="study name (default POLICY-OBJECTIVE); an existing one is continued")
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--out", required=True, metavar="FILE", help="write the best parameters here (JSON)")
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     from loadtest.workload import WorkloadError, parse_workload
     from policies import get_policy, load_params
     from simulator.perf_model import ConfigError
-    from tuner.search import live_objective, run_study, simulated_objective
+    from tuner.search import StorageError, live_objective, run_study, simulated_objective
 
     try:
         policy = get_policy(args.policy)
@@ -73,15 +78,21 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
         return 2
 
     name = args.study or f"{args.policy}-{args.objective}"
-    found = run_study(objective, policy, defaults, args.trials, name, args.storage, args.seed,
-                      show_progress=sys.stderr.isatty())
+    try:
+        found = run_study(objective, policy, defaults, args.trials, name, args.storage, args.seed,
+                          show_progress=sys.stderr.isatty())
+    except StorageError as exc:
+        print(f"semipd search: {exc}", file=sys.stderr)
+        return 2
     result = {"policy": args.policy, "params": found["params"], "objective": args.objective, "value": found["value"],
               "default_value": found["default_value"], "workload": args.workload, "ttft_slo_s": args.ttft_slo,
               "tpot_slo_s": args.tpot_slo, "target": args.target, "study": name, "storage": args.storage,
               "trials": found["trials"]}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
+    # None: another process sharing the study is still running the defaults' trial
+    defaults_value = "not finished" if found["default_value"] is None else f"{found['default_value']:.4g}"
     print(f"study {name}: {found['trials']} trials in {found['wall_s']:.0f} s; "
-          f"{args.objective} {found['value']:.4g} (defaults: {found['default_value']:.4g})")
+          f"{args.objective} {found['value']:.4g} (defaults: {defaults_value})")
     print(f"best parameters: {json.dumps(found['params'])}\nwritten to {args.out}")
     return 0

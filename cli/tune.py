@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="mpc", help="static, semipd or mpc (default mpc)")
     parser.add_argument("--params", metavar="FILE", help="policy parameters (JSON, as `semipd search` writes)")
     parser.add_argument("--study", metavar="NAME", help="take the parameters from this Optuna study's best trial")
-    parser.add_argument("--storage", default="sqlite:///semipd-search.db", help="the study's storage (with --study)")
+    parser.add_argument("--storage", default="sqlite:///semipd-search.db",
+                        help="the study's Optuna RDB URL (with --study), as `semipd search --storage` takes it")
     parser.add_argument("--ttft-slo", type=float, required=True, metavar="S")
     parser.add_argument("--tpot-slo", type=float, required=True, metavar="S")
     parser.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between ticks (default 2)")
