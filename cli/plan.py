@@ -9,6 +9,16 @@ per device. Disaggregated units are chosen as DistServe's Algorithm 1 does: pref
 instance configurations are simulated alone, the P/D ratio estimated from their goodputs, and the
 most promising units simulated whole. Prints the top plans with the launch command of every
 instance (SGLang flags; `semipd serve --mode semi-pd` for semi-PD).
+
+--launch then starts plan 1 (or --launch-plan K) on this machine, a core for each device: stock
+SGLang instances (`python -m sglang.launch_server`, TP and PP included) or semi-PD instances with a
+tuner each, pinned to their own cores, SGLang's router in front of more than one on --launch-port
+(the one URL for clients; its /workers needs the admin key, SEMIPD_ADMIN_KEY or generated, in
+--run-dir/keys.env). The plan's model names a GPU profile: the instances serve --model-path when it
+is a model folder, else the embedded tiny model. A plan needing more devices than this process has
+cores, semi-PD instances of TP > 1, and disaggregated plans (SGLang's KV transfer needs a GPU here)
+are refused with the reason, exit code 2, nothing started. Ctrl-C or SIGTERM stops every part; a
+part that dies stops the rest, with its log's last lines.
 """
 
 from __future__ import annotations
@@ -49,12 +59,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inter-node-gbps", type=float,
                         help="link between nodes in Gbit/s (default the profile's 25, DistServe's testbed; "
                              "e.g. 400 for InfiniBand NDR, a high node-affinity cluster)")
-    parser.add_argument("--model-path", default="MODEL_PATH", help="model path in the launch commands")
+    parser.add_argument("--model-path", default="MODEL_PATH",
+                        help="model path in the launch commands; with --launch, served when it is a model folder")
     parser.add_argument("--transfer-backend", default="mooncake",
                         choices=("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp"),  # SGLang 0.5.23's
                         help="SGLang's --disaggregation-transfer-backend in the launch commands (default mooncake)")
     parser.add_argument("--top", type=int, default=5, help="plans to print (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    launch = parser.add_argument_group("launching a plan here (see above)")
+    launch.add_argument("--launch", action="store_true", help="start plan 1 on this machine (cores as devices)")
+    launch.add_argument("--launch-plan", type=int, metavar="K", help="start plan K instead (1..--top; implies --launch)")
+    launch.add_argument("--launch-port", type=int, default=30000, metavar="P",
+                        help="the router's port, the instances' on the ports after it; one instance serves P "
+                             "itself (default 30000)")
+    launch.add_argument("--tuner-port", type=int, default=31000, metavar="P",
+                        help="semi-PD: the tuners' ports from P on (default 31000)")
+    launch.add_argument("--router", choices=("cache-aware", "round-robin"), default="cache-aware",
+                        help="the router's policy (default cache-aware)")
+    launch.add_argument("--router-metrics-port", type=int, default=29000, metavar="P",
+                        help="the router's Prometheus metrics (default 29000)")
+    launch.add_argument("--run-dir", default="semipd-plan", metavar="DIR",
+                        help="logs, keys.env and tuner stores (default ./semipd-plan)")
+    launch.add_argument("--start-timeout", type=float, default=600, metavar="S",
+                        help="give up if the instances do not answer within S seconds (default 600)")
 
 
 def _devices(text) -> int:
@@ -97,10 +124,25 @@ def check_args(args) -> dict:
         raise ValueError(f"--kinds: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(KINDS)}")
     if args.inter_node_gbps is not None and args.inter_node_gbps <= 0:
         raise ValueError(f"--inter-node-gbps must be positive, got {args.inter_node_gbps}")
+    if args.launch_plan is not None or args.launch:
+        check_launch_args(args)
     policy, params, overrides = planning_policy(args.policy)
     requests = parse_workload(args.workload)[: args.requests]
     return dict(hardware=HARDWARE[args.hardware], model=MODELS[args.model], devices=devices, kinds=kinds,
                 policy=policy, params=params, overrides=overrides, requests=requests)
+
+
+def check_launch_args(args) -> None:
+    """ValueError for launch flags that cannot work, before anything is planned."""
+    if args.json:
+        raise ValueError("--json prints one JSON object and nothing else; it cannot go with --launch")
+    if args.launch_plan is not None and not 1 <= args.launch_plan <= args.top:
+        raise ValueError(f"--launch-plan must be from 1 to --top ({args.top}), got {args.launch_plan}")
+    for flag in ("launch_port", "tuner_port", "router_metrics_port"):
+        if not 0 < getattr(args, flag) < 65536:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range 1..65535")
+    if not 0 < args.start_timeout <= 86400:
+        raise ValueError(f"--start-timeout must be in (0, 86400] seconds, got {args.start_timeout}")
 
 
 def no_plan_reason(result: dict, devices: int) -> str:
@@ -168,7 +210,18 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
         print(json.dumps(out))
         return 0 if result["plans"] else 1
     print_report(out)
-    return 0 if result["plans"] else 1
+    if not result["plans"]:
+        return 1
+    if args.launch or args.launch_plan is not None:
+        from cli.plan_launch import launch
+
+        number = args.launch_plan or 1
+        if number > len(result["plans"]):
+            print(f"semipd plan: --launch-plan {number}: only {len(result['plans'])} plan"
+                  f"{'s' * (len(result['plans']) != 1)} found. Nothing was started.", file=sys.stderr)
+            return 2
+        return launch(args, result["plans"][number - 1], number)
+    return 0
 
 
 def print_report(out: dict) -> None:
