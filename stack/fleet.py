@@ -20,9 +20,11 @@ from contract.access import ADMIN_KEY_ENV, bearer
 from stack.server_process import SEMIPD, ServerProcess
 
 ROUTER_POLICIES = {"cache-aware": "cache_aware", "round-robin": "round_robin"}
-# Health checks every 2 s, two misses to mark an engine down, one answer to bring it back.
-ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-check-timeout-secs", "2",
-                 "--health-failure-threshold", "2", "--health-success-threshold", "1"]
+# Health checks every 2 s, three misses to mark an engine down, one answer to bring it back. A dead
+# engine refuses at once (down in about 6 s); a busy one may take seconds to answer: an engine of one
+# core under load, whose HTTP process shares that core, missed 2 s and was dropped while serving.
+ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-check-timeout-secs", "10",
+                 "--health-failure-threshold", "3", "--health-success-threshold", "1"]
 
 
 def core_groups(cores: list[int], engines: int) -> list[list[int]]:

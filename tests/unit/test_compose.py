@@ -79,6 +79,10 @@ def test_ports_and_addresses_name_services_that_listen_there(compose):
             assert target.port == ports[target.hostname], f"{name} {option} port {target.port} != {ports[target.hostname]}"
     health = " ".join(services["engine"]["healthcheck"]["test"])
     assert f":{ports['engine']}/health" in health
+    from stack.fleet import ROUTER_HEALTH  # the fleet profile's router checks engines as `semipd up`'s does
+
+    router = services["router"]["command"]
+    assert all(flag(router, name) == value for name, value in zip(ROUTER_HEALTH[::2], ROUTER_HEALTH[1::2]))
 
 
 def test_prometheus_scrapes_every_engine_the_tuner_and_the_router_where_they_listen(compose):
