@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-time the workload to each mean rate (requests/s) in turn")
     parser.add_argument("--vocab", type=int, default=1000,
                         help="prompt token ids are drawn from [10, VOCAB) (default 1000)")
-    parser.add_argument("--api", choices=("openai", "sglang"), default="openai",
-                        help="openai: /v1/completions (SGLang, vLLM; default); sglang: SGLang's /generate, "
-                             "for SGLang's router, which refuses token-id prompts on /v1/completions")
+    parser.add_argument("--api", choices=("auto", "openai", "sglang"), default="auto",
+                        help="openai: /v1/completions (SGLang, vLLM); sglang: SGLang's /generate, which SGLang's "
+                             "router needs (it refuses token-id prompts on /v1/completions); auto (default): "
+                             "sglang for SGLang's router, openai for any other server")
     parser.add_argument("--records", metavar="FILE", help="append one JSON line per request to FILE")
     parser.add_argument("--label", default=None, help="name of the system in reports and plots")
     parser.add_argument("--plot", metavar="FILE.png", help="plot attainment vs rate (with --compare)")
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, passthrough=()) -> int:
     from loadtest.bench import bench, plot_attainment, print_report
-    from loadtest.load_generator import ServerUnreachable, served_model
+    from loadtest.load_generator import ServerUnreachable, detect_api, served_model
     from loadtest.workload import WorkloadError, parse_workload
 
     try:
@@ -57,10 +58,14 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     except (ValueError, WorkloadError, ServerUnreachable) as exc:
         print(f"semipd bench: {exc}", file=sys.stderr)
         return 2
+    api = detect_api(args.url) if args.api == "auto" else args.api
+    if args.api == "auto" and api == "sglang" and not args.json:
+        print(f"semipd bench: {args.url} is SGLang's router: prompts go to /generate (--api sglang)", file=sys.stderr)
 
     label = args.label or args.url
     result = bench(args.url, requests, args.ttft_slo, args.tpot_slo, rates, args.vocab, label, args.workload,
-                   args.records, show_progress=not args.json and sys.stderr.isatty(), api=args.api)
+                   args.records, show_progress=not args.json and sys.stderr.isatty(), api=api)
+    result["api"] = api
     if args.plot:
         plot_attainment([result, *(json.load(open(p)) for p in args.compare)], args.plot)
     if args.json:

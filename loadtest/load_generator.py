@@ -59,6 +59,17 @@ def served_model(url: str, timeout_s: float = 10.0) -> str:
 APIS = ("openai", "sglang")
 
 
+def detect_api(url: str, timeout_s: float = 5.0) -> str:
+    """'sglang' when `url` is SGLang's router, which refuses token-id prompts on /v1/completions
+    (HTTP 422) and forwards them on /generate; else 'openai'. The router answers `GET /liveness`,
+    which SGLang's and vLLM's servers do not serve (404). Servers keep /v1/completions, so results
+    against them stay comparable with vLLM's and with earlier runs."""
+    try:
+        return "sglang" if httpx.get(url.rstrip("/") + "/liveness", timeout=timeout_s).status_code == 200 else "openai"
+    except httpx.HTTPError:
+        return "openai"  # unreachable: served_model reports it
+
+
 def streamed_request(api: str, model: str, input_ids: list[int], max_tokens: int) -> tuple[str, dict]:
     """(path, body) of one streamed request in `api`'s form."""
     if api == "openai":

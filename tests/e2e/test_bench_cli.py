@@ -31,6 +31,7 @@ def test_replay_of_an_azure_slice_counts_every_request(unified_server, tmp_path)
     assert report["completed"] + report["failed"] == len(lines)
     assert report["completed"] == sum(line["error"] is None for line in lines)
     assert report["failed"] == 0
+    assert report["api"] == "openai"  # --api auto: a server (not SGLang's router) keeps /v1/completions
     assert all(line["output_len"] == line["max_tokens"] for line in lines)
     for key in ("ttft_p90_s", "tpot_p90_s", "e2e_mean_s", "slo_attainment", "goodput_rps"):
         assert key in report
