@@ -221,11 +221,6 @@ def search_panel(settings: dict) -> None:
                        "--ttft-slo", str(settings["ttft_slo_s"]), "--tpot-slo", str(settings["tpot_slo_s"]),
                        "--trials", str(int(trials)), "--storage", f"sqlite:///{folder}/study.db",
                        "--study", "dashboard", "--out", f"{folder}/best.json"]
-            import optuna
-
-            # Create the storage's tables here, before the search and the progress panel below both
-            # open the file: two processes creating them at once collide (alembic_version).
-            optuna.storages.RDBStorage(f"sqlite:///{folder}/study.db")
             log = open(f"{folder}/search.log", "w")
             st.session_state["search_run"] = {"folder": folder, "process": subprocess.Popen(command, stdout=log, stderr=log)}
     if "search_run" in st.session_state:
@@ -236,10 +231,12 @@ def search_panel(settings: dict) -> None:
 def search_progress() -> None:
     import optuna
 
+    from tuner.search import open_storage
+
     run = st.session_state["search_run"]
     done = run["process"].poll()
     try:
-        study = optuna.load_study(study_name="dashboard", storage=f"sqlite:///{run['folder']}/study.db")
+        study = optuna.load_study(study_name="dashboard", storage=open_storage(f"sqlite:///{run['folder']}/study.db"))
     except Exception:  # the study is created by the search process: not there for its first moments
         st.caption("search starting ...")
         return
