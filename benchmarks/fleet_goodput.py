@@ -32,7 +32,7 @@ from loadtest.bench import run_rate
 from loadtest.calibrate_slo import calibrate
 from loadtest.report import goodput, summarize
 from loadtest.workload import mean_rate, scale_rate
-from stack.fleet import Fleet, core_groups, semipd_engine
+from stack.fleet import Fleet, device_groups, semipd_engine
 
 API = "sglang"
 
@@ -45,7 +45,7 @@ def one_engine(model: Path, port: int, work: Path):
 
 @contextlib.contextmanager
 def fleet(model: Path, port: int, work: Path):
-    groups = core_groups(sorted(os.sched_getaffinity(0)), 2)
+    groups = device_groups(sorted(os.sched_getaffinity(0)), 2)
     ports = [port + 1, port + 2]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SEMIPD_ADMIN_KEY", None)

@@ -9,7 +9,7 @@ log's last lines are printed. Logs and the tuner's store are kept in --run-dir. 
 know go to `semipd serve` (and so to SGLang).
 
 --engines N (N > 1) starts a fleet instead of one engine: N engines in semi-pd mode, each pinned to
-its own share of this machine's cores, SGLang's router in front of them on --engine-port (the one
+its own share of this machine's cores (or of its GPUs, where it has them), SGLang's router in front of them on --engine-port (the one
 URL clients use; `--router cache-aware|round-robin`), the engines on the ports after it, and one
 tuner per engine on --tuner-port and the ports after it. The router's worker routes need the
 admin key. An engine that exits is started again (three times at most); the dashboard's fleet
@@ -71,12 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def checked_ports(args) -> dict[str, int]:
-    import os
-
-    from stack.fleet import core_groups
+    from stack.fleet import device_groups, fleet_devices
     from stack.up import fleet_ports, port_in_use
 
-    core_groups(sorted(os.sched_getaffinity(0)), args.engines)  # ValueError naming the valid range
+    unit, devices = fleet_devices()
+    device_groups(devices, args.engines, unit)  # ValueError naming the valid range
     more = fleet_ports(args.engine_port, args.tuner_port, args.engines)
     ports = {"--engine-port": args.engine_port, "--tuner-port": args.tuner_port,
              "--dashboard-port": args.dashboard_port}
@@ -104,8 +103,8 @@ def serving_lines(stack, policy: str) -> str:
                 f"  tuner      {stack.tuners[0].url}/state  (policy {policy})\n")
     lines = [f"  router     {stack.url['engine']}  (SGLang's router: the URL for clients; engines at its /workers, "
              f"with the admin key)\n"]
-    for i, (engine, tuner, cores) in enumerate(zip(stack.engines, stack.tuners, stack.fleet.groups)):
-        lines.append(f"  engine {i}   {engine.url}  (cores {','.join(map(str, cores))}); "
+    for i, (engine, tuner, devices) in enumerate(zip(stack.engines, stack.tuners, stack.fleet.groups)):
+        lines.append(f"  engine {i}   {engine.url}  ({stack.fleet.unit}s {','.join(map(str, devices))}); "
                      f"tuner {tuner.url}/state  (policy {policy})\n")
     return "".join(lines)
 
@@ -152,7 +151,7 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     started = time.monotonic()
     try:
         model = args.model or "the tiny model (built on the first run)"
-        engines = "the engine" if args.engines == 1 else f"{args.engines} engines (cores {stack.fleet.groups}), the router"
+        engines = "the engine" if args.engines == 1 else f"{args.engines} engines ({stack.fleet.unit}s {stack.fleet.groups}), the router"
         print(f"semipd up: starting {engines} ({model}, semi-pd, split {args.split or 'default'}) and the dashboard; "
               f"logs in {run_dir}/", flush=True)
         stack.launch()

@@ -1,7 +1,8 @@
 """Several semi-pd engines on this machine behind SGLang's router (`semipd up --engines N`).
 
-Each engine is a plain `semipd serve --mode semi-pd`, pinned to its own share of the cores (on CPU
-a core is a device), so that its split moves within its share; SGLang's router (the
+Each engine is a plain `semipd serve --mode semi-pd` on its own share of the devices (on CPU a
+core is a device, the engine pinned to its cores; on a GPU host, its GPUs), so that its split
+moves within its share; SGLang's router (the
 `sglang-router` package: its cache-aware or round-robin policy, health checks, retries) gives the
 clients one URL. One tuner per engine: an engine's split answers its own queue and its own
 TTFT/TPOT, and the router already balances load between engines, so each tuner is a plain
@@ -10,6 +11,7 @@ TTFT/TPOT, and the router already balances load between engines, so each tuner i
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,16 +29,35 @@ ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-check-timeout-se
                  "--health-failure-threshold", "3", "--health-success-threshold", "1"]
 
 
-def core_groups(cores: list[int], engines: int) -> list[list[int]]:
-    """`cores` shared out between `engines` engines, in order, as evenly as they go."""
-    if not 1 <= engines <= len(cores):
-        raise ValueError(f"--engines {engines} is out of range 1..{len(cores)}: each engine needs a core "
-                         f"of its own (this machine gives {len(cores)})")
-    size, extra = divmod(len(cores), engines)
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU NVIDIA's driver has
+
+
+def fleet_devices(driver: Path = NVIDIA_GPUS, environ=os.environ) -> tuple[str, list[int]]:
+    """What a fleet's engines share out: ("GPU", the NVIDIA GPUs visible: CUDA_VISIBLE_DEVICES's,
+    else all the driver has) where there are any, else ("core", this process's cores)."""
+    count = len(list(driver.iterdir())) if driver.is_dir() else 0
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if not count:
+        return "core", sorted(os.sched_getaffinity(0))
+    if visible is None:
+        return "GPU", list(range(count))
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    if not all(v.isdigit() for v in ids):  # each engine's CUDA_VISIBLE_DEVICES is a subset of these
+        raise ValueError(f"CUDA_VISIBLE_DEVICES={visible!r}: a fleet shares out GPU indices (e.g. 0,1,2,3), "
+                         "not UUIDs")
+    return "GPU", [int(v) for v in ids]
+
+
+def device_groups(devices: list[int], engines: int, unit: str = "core") -> list[list[int]]:
+    """`devices` (cores or GPUs) shared out between `engines` engines, in order, as evenly as they go."""
+    if not 1 <= engines <= len(devices):
+        raise ValueError(f"--engines {engines} is out of range 1..{len(devices)}: each engine needs a {unit} "
+                         f"of its own (this machine gives {len(devices)})")
+    size, extra = divmod(len(devices), engines)
     groups, start = [], 0
     for i in range(engines):
         end = start + size + (i < extra)
-        groups.append(cores[start:end])
+        groups.append(devices[start:end])
         start = end
     return groups
 
@@ -62,23 +83,30 @@ def pinned(cores: list[int], command: list[str]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores)), *command]
 
 
-def semipd_engine(cores: list[int], host: str, port: int, serve_args=()) -> list[str]:
-    """`semipd serve --mode semi-pd` on `cores`, serving `port`."""
-    return pinned(cores, [*SEMIPD, "serve", "--mode", "semi-pd", "--host", host, "--port", str(port), *serve_args])
+def on_gpus(gpus: list[int], command: list[str]) -> list[str]:
+    """`command` seeing `gpus` only (CUDA_VISIBLE_DEVICES; inside, they are numbered from 0).
+    (Written for GPU hosts; tested here on the command line only.)"""
+    return ["env", f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}", *command]
+
+
+def semipd_engine(devices: list[int], host: str, port: int, serve_args=(), unit: str = "core") -> list[str]:
+    """`semipd serve --mode semi-pd` on `devices` (cores, or GPUs), serving `port`."""
+    command = [*SEMIPD, "serve", "--mode", "semi-pd", "--host", host, "--port", str(port), *serve_args]
+    return pinned(devices, command) if unit == "core" else on_gpus(devices, command)
 
 
 class Fleet:
-    """The engines and the router of one fleet: engine i runs `commands[i]` (pinned to `groups[i]`)
-    and serves `engine_ports[i]`; the router serves `router_port`."""
+    """The engines and the router of one fleet: engine i runs `commands[i]` (on `groups[i]`, of
+    cores or GPUs: `unit`) and serves `engine_ports[i]`; the router serves `router_port`."""
 
     def __init__(self, run_dir: Path, host: str, router_port: int, engine_ports: list[int], groups: list[list[int]],
                  env: dict, router_policy: str = "cache-aware", metrics_port: int = 29000,
-                 commands: list[list[str]] | None = None):
+                 commands: list[list[str]] | None = None, unit: str = "core"):
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        commands = commands or [semipd_engine(cores, host, port) for port, cores in zip(engine_ports, groups)]
+        commands = commands or [semipd_engine(g, host, port, (), unit) for port, g in zip(engine_ports, groups)]
         self.engines = [ServerProcess(command, f"http://{local}:{port}", run_dir / f"engine-{i}.log", env)
                         for i, (command, port) in enumerate(zip(commands, engine_ports))]
-        self.groups, self.admin_key = groups, env.get(ADMIN_KEY_ENV)
+        self.groups, self.unit, self.admin_key = groups, unit, env.get(ADMIN_KEY_ENV)
         self.metrics_url = f"http://{local}:{metrics_port}/metrics"  # the router's: which engines it counts healthy
         self.router = ServerProcess(router_command([e.url for e in self.engines], host, router_port, router_policy,
                                                    metrics_port, self.admin_key),

@@ -26,7 +26,7 @@ from contract.access import ADMIN_KEY_ENV, TUNER_KEY_ENV
 from loadtest.calibrate_slo import DEFAULT_WORKLOAD, calibrate
 from loadtest.load_generator import replay
 from loadtest.workload import parse_workload
-from stack.fleet import Fleet, core_groups, semipd_engine
+from stack.fleet import Fleet, device_groups, fleet_devices, semipd_engine
 from stack.prometheus_config import scrape_config
 from stack.server_process import SEMIPD, ServerProcess
 
@@ -133,10 +133,11 @@ class Stack:
                                            str(engine_port), *serve], self.url["engine"], run_dir / "engine.log",
                                           self.env)]
         else:
-            groups = core_groups(sorted(os.sched_getaffinity(0)), engines)
+            unit, devices = fleet_devices()
+            groups = device_groups(devices, engines, unit)
             self.fleet = Fleet(run_dir, host, engine_port, self.ports["engines"], groups, self.env, router,
-                               router_metrics_port,
-                               [semipd_engine(g, host, p, serve) for g, p in zip(groups, self.ports["engines"])])
+                               router_metrics_port, [semipd_engine(g, host, p, serve, unit)
+                                                     for g, p in zip(groups, self.ports["engines"])], unit)
             self.engines = self.fleet.engines
         self.tuner_urls = [f"http://{self.local}:{port}" for port in self.ports["tuners"]]
         # A fleet's dashboard shows every engine (its fleet view) and one at a time below it.

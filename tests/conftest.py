@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from stack.fleet import Fleet, semipd_engine
 from stack.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +34,25 @@ def tiny_model() -> Path:
     from engine.default_model import cached_model
 
     return cached_model("tiny")
+
+
+@contextlib.contextmanager
+def running_fleet(model: Path, folder: Path, groups: list[list[int]], env: dict, **fleet_args):
+    """Semi-pd engines on `groups` of cores (greedy-exact settings) behind SGLang's router, all on
+    loopback, until the block ends; engines restarted in it are stopped too."""
+    ports = [free_port() for _ in groups]
+    fleet = Fleet(folder, "127.0.0.1", free_port(), ports, groups, env, metrics_port=free_port(),
+                  commands=[semipd_engine(g, "127.0.0.1", p, ["--model", str(model), *EXACT])
+                            for g, p in zip(groups, ports)], **fleet_args)
+    parts = fleet.launch()
+    try:
+        fleet.wait_ready(300)
+        yield fleet
+    finally:
+        for _, part in reversed(parts):
+            part.stop()
+        for engine in fleet.engines:
+            engine.stop()
 
 
 def start_semipd_server(model: Path, log_dir: Path, *extra: str, port: int | None = None) -> ServerProcess:

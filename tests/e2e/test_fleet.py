@@ -16,9 +16,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from contract.access import bearer
-from stack.fleet import Fleet, core_groups, healthy_engines, semipd_engine
+from stack.fleet import device_groups, healthy_engines
 from stack.server_process import ServerProcess
-from tests.conftest import EXACT, REPO, free_port, start_tuner
+from tests.conftest import REPO, running_fleet, start_tuner
 from tests.live_tuning import wait_for
 from tests.reference_model import generate_ids, greedy_tokens, prompt_ids
 from tuner.engine_metrics import parse, total
@@ -28,22 +28,10 @@ KEY = "fleet-test-key"
 
 @pytest.fixture(scope="module")
 def fleet(tiny_model, tmp_path_factory):
-    cores = sorted(os.sched_getaffinity(0))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEMIPD_ADMIN_KEY": KEY}
-    ports, groups = [free_port(), free_port()], core_groups(cores, 2)
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), "127.0.0.1", free_port(), ports, groups, env,
-                  router_policy="round-robin", metrics_port=free_port(),
-                  commands=[semipd_engine(g, "127.0.0.1", p, ["--model", str(tiny_model), *EXACT])
-                            for g, p in zip(groups, ports)])
-    parts = fleet.launch()
-    try:
-        fleet.wait_ready(300)
+    groups = device_groups(sorted(os.sched_getaffinity(0)), 2)
+    with running_fleet(tiny_model, tmp_path_factory.mktemp("fleet"), groups, env, router_policy="round-robin") as fleet:
         yield fleet
-    finally:
-        for _, part in reversed(parts):
-            part.stop()
-        for engine in fleet.engines:  # restarted ones too
-            engine.stop()
 
 
 @pytest.fixture(scope="module")

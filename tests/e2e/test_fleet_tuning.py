@@ -12,8 +12,7 @@ import os
 import httpx
 import pytest
 
-from stack.fleet import Fleet, semipd_engine
-from tests.conftest import EXACT, free_port, start_tuner
+from tests.conftest import running_fleet, start_tuner
 from tests.live_tuning import get, shifting_load, shifting_load_tuner_args
 
 
@@ -22,17 +21,8 @@ def fleet(tiny_model, tmp_path_factory):
     cores = sorted(os.sched_getaffinity(0))
     assert len(cores) >= 2, "two cores are needed for a split to move"
     env = {k: v for k, v in os.environ.items() if k != "SEMIPD_ADMIN_KEY"} | {"PYTHONUNBUFFERED": "1"}
-    ports = [free_port(), free_port()]
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), "127.0.0.1", free_port(), ports, [cores, cores], env,
-                  metrics_port=free_port(),
-                  commands=[semipd_engine(cores, "127.0.0.1", p, ["--model", str(tiny_model), *EXACT]) for p in ports])
-    parts = fleet.launch()
-    try:
-        fleet.wait_ready(300)
+    with running_fleet(tiny_model, tmp_path_factory.mktemp("fleet"), [cores, cores], env) as fleet:
         yield fleet
-    finally:
-        for _, part in reversed(parts):
-            part.stop()
 
 
 def test_a_load_shifting_on_one_engine_moves_that_engines_split_only(fleet, tmp_path):

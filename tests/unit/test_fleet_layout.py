@@ -1,17 +1,38 @@
-"""stack/fleet.py's plain parts: how cores are shared out, and the router's command line."""
+"""stack/fleet.py's plain parts: how cores or GPUs are shared out, the engines' and the router's
+command lines; semipd up's restarts and Prometheus configuration."""
 
 import pytest
 
-from stack.fleet import core_groups, router_command
+from stack.fleet import device_groups, fleet_devices, router_command, semipd_engine
 
 
 def test_cores_are_shared_out_in_order_as_evenly_as_they_go():
-    assert core_groups([0, 1], 2) == [[0], [1]]
-    assert core_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
-    assert core_groups([4, 5, 6], 1) == [[4, 5, 6]]
+    assert device_groups([0, 1], 2) == [[0], [1]]
+    assert device_groups([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+    assert device_groups([4, 5, 6], 1) == [[4, 5, 6]]
     for engines in (0, 3):
         with pytest.raises(ValueError, match=f"--engines {engines} is out of range 1..2"):
-            core_groups([0, 1], engines)
+            device_groups([0, 1], engines)
+
+
+def test_on_a_gpu_host_engines_share_out_the_visible_gpus(tmp_path):
+    import os
+
+    driver = tmp_path / "gpus"
+    assert fleet_devices(driver, {}) == ("core", sorted(os.sched_getaffinity(0)))  # no driver: cores
+    for bus in ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert fleet_devices(driver, {}) == ("GPU", [0, 1, 2, 3])
+    assert fleet_devices(driver, {"CUDA_VISIBLE_DEVICES": "2,3"}) == ("GPU", [2, 3])  # the engines get 2 and 3
+    with pytest.raises(ValueError, match="not UUIDs"):
+        fleet_devices(driver, {"CUDA_VISIBLE_DEVICES": "GPU-5d2c"})
+    groups = device_groups([0, 1, 2, 3], 2, "GPU")
+    assert groups == [[0, 1], [2, 3]]
+    command = semipd_engine(groups[1], "127.0.0.1", 30002, (), "GPU")
+    assert command[:2] == ["env", "CUDA_VISIBLE_DEVICES=2,3"] and "taskset" not in command
+    assert semipd_engine([1], "127.0.0.1", 30002)[:3] == ["taskset", "-c", "1"]
+    with pytest.raises(ValueError, match="each engine needs a GPU of its own"):
+        device_groups([0], 2, "GPU")
 
 
 def test_the_router_command_parses_with_the_installed_router():
