@@ -40,8 +40,7 @@ def gone(pid: int) -> bool:
 @pytest.fixture()
 def launched(tiny_model, tmp_path):
     """The running `semipd plan --launch` process, its output lines (read as they come), run folder."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two cores")
+    assert len(os.sched_getaffinity(0)) >= 2, "a 2-device plan needs two cores here"
     port = free_port()
     command = [*SEMIPD, *PLAN, "--launch", "--launch-port", str(port), "--router-metrics-port", str(free_port()),
                "--run-dir", str(tmp_path / "run")]
