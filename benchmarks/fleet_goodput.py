@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--row", type=int, default=6000, help="first row of the trace to replay")
     parser.add_argument("--model", default="bench", help="a preset of `semipd make-model`")
+    parser.add_argument("--slo", metavar="TTFT,TPOT", help="SLOs in seconds (default: tight, calibrated on the "
+                        "single engine); to extend an earlier run to other rates")
     parser.add_argument("--port", type=int, default=31400)
     parser.add_argument("--out", default="out/fleet-goodput")
     args = parser.parse_args()
@@ -90,6 +92,9 @@ def main() -> int:
     requests, model = workload(args.row, args.requests), cached_model(args.model)
 
     slo, runs = None, {}
+    if args.slo:
+        ttft, tpot = (float(x) for x in args.slo.split(","))
+        slo = {"ttft_slo_s": ttft, "tpot_slo_s": tpot}
     for name, system in (("one engine", one_engine), ("fleet of 2", fleet)):
         with system(model, args.port, work) as (url, engines):
             if slo is None:
