@@ -7,8 +7,8 @@ Each engine has its tuner (`mpc`, in this process), as `semipd up` gives it.
 
 Workload: benchmarks/goodput.py's (the Azure conversation trace from `--row`, lengths / 4), sent
 through SGLang's /generate (the router forwards token ids only there) to both systems alike; tight
-SLOs calibrated on the single engine (7.5x its unloaded median TTFT and TPOT). Fresh prompts every
-run after a cache flush.
+SLOs calibrated on the single engine (7.5x its unloaded median TTFT and TPOT). Every run starts
+at the split 1,1 with fresh tuners and fresh prompts, after a cache flush.
 
     python benchmarks/fleet_goodput.py [--rates 2,3,4,5] [--repeats 1] [--requests 200]
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 import systems
-from goodput import VOCAB, TunerThread, median_spread, workload
+from goodput import VOCAB, TunerThread, median_spread, set_split, workload
 from engine.default_model import cached_model
 from loadtest.bench import run_rate
 from loadtest.calibrate_slo import calibrate
@@ -61,12 +61,15 @@ def fleet(model: Path, port: int, work: Path):
 
 
 def one_run(url: str, engines: list[str], requests, rate: float, seed: int, slo: dict, work: Path) -> dict:
+    """One rate: every engine flushed and back at 1,1, its tuner started fresh; the load through `url`."""
     for engine in engines:
         httpx.post(engine + "/flush_cache", timeout=60)
+        set_split(engine, (1, 1))
     timed = scale_rate(requests, rate / mean_rate(requests))
     with contextlib.ExitStack() as stack:
-        for i, engine in enumerate(engines):
-            stack.enter_context(TunerThread(engine, slo, work / f"tuner-{i}-{rate}-{seed}.db", interval_s=1.0))
+        for engine in engines:
+            name = engine.rsplit(":", 1)[1]  # the engine's port: one store per engine and run
+            stack.enter_context(TunerThread(engine, slo, work / f"tuner-{name}-{rate}-{seed}.db", interval_s=1.0))
         records, duration = run_rate(url, timed, VOCAB, show_progress=False, label="", seed=seed, api=API)
     errors = sorted({r.error for r in records if not r.ok})
     return {"rate": rate, "seed": seed, "errors": errors, **summarize(records, slo["ttft_slo_s"], slo["tpot_slo_s"], duration)}
