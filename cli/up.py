@@ -8,10 +8,10 @@ Prints the URLs. Ctrl-C (or SIGTERM) stops everything; a part that dies stops th
 log's last lines are printed. Logs and the tuner's store are kept in --run-dir. Flags it does not
 know go to `semipd serve` (and so to SGLang).
 
---engines N (N > 1) starts a fleet instead of one engine: N engines in semi-pd mode, each pinned to
-its own share of this machine's cores (or of its GPUs, where it has them), SGLang's router in front of them on --engine-port (the one
-URL clients use; `--router cache-aware|round-robin`), the engines on the ports after it, and one
-tuner per engine on --tuner-port and the ports after it. The router's worker routes need the
+--engines N (N > 1) starts a fleet instead of one engine: N engines in semi-pd mode, each on its
+own share of this machine's cores (or of its GPUs, where it has them), SGLang's router in front of
+them on --engine-port (the one URL clients use; `--router cache-aware|round-robin`), the engines on
+the ports after it, and one tuner per engine on --tuner-port and the ports after it. The router's worker routes need the
 admin key. An engine that exits is started again (three times at most); the dashboard's fleet
 view shows every engine and which ones the router counts healthy.
 
@@ -151,7 +151,8 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
     started = time.monotonic()
     try:
         model = args.model or "the tiny model (built on the first run)"
-        engines = "the engine" if args.engines == 1 else f"{args.engines} engines ({stack.fleet.unit}s {stack.fleet.groups}), the router"
+        engines = ("the engine" if args.engines == 1
+                   else f"{args.engines} engines ({stack.fleet.unit}s {stack.fleet.groups}), the router")
         print(f"semipd up: starting {engines} ({model}, semi-pd, split {args.split or 'default'}) and the dashboard; "
               f"logs in {run_dir}/", flush=True)
         stack.launch()
@@ -168,8 +169,8 @@ def run(args: argparse.Namespace, passthrough=()) -> int:
               f"  dashboard  {url['dashboard']}\n"
               + serving_lines(stack, args.policy)
               + f"  SLOs       TTFT {ttft * 1e3:.0f} ms, TPOT {tpot * 1e3:.1f} ms ({origin})\n"
-              + (f"  prometheus {url['prometheus']}  (scraping every engine and tuner{', and the router' if stack.fleet else ''})\n"
-                 if stack.prometheus else "")
+              + (f"  prometheus {url['prometheus']}  (scraping every engine and tuner"
+                 f"{', and the router' if stack.fleet else ''})\n" if stack.prometheus else "")
               + f"  tuner key  {tuner_key_shown(stack)}\n"
               + (f"  demo load  {demo[0]}, {len(demo[1])} requests a round, in a loop\n" if demo else "")
               + "Ctrl-C stops everything.", flush=True)
