@@ -104,12 +104,17 @@ def open_storage(url: str):
     import optuna
     from sqlalchemy import exc
 
-    # SQLite has one writer at a time: the others wait for it rather than fail at once
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_S}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    # SQLite has one writer at a time: the others wait for it rather than fail at once. The driver's
+    # own transactions (isolation_level None: none) are replaced by serialize_sqlite_transactions'.
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_WAIT_S, "isolation_level": None}} if sqlite else {}
     failure = None
     for attempt in range(OPEN_TRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            if sqlite:
+                serialize_sqlite_transactions(rdb.engine)
+            return rdb
         except (exc.ArgumentError, ImportError) as error:  # unparsable, unknown database, or its driver missing
             raise StorageError(f"bad Optuna storage URL {without_password(url)!r}: {error}; "
                                f"expected e.g. {STORAGE_EXAMPLES}") from None
@@ -117,6 +122,17 @@ def open_storage(url: str):
             failure = error
             time.sleep(0.05 * (attempt + 1))
     raise StorageError(f"cannot open the Optuna storage {without_password(url)!r}: {failure}")
+
+
+def serialize_sqlite_transactions(engine) -> None:
+    """Every transaction on `engine` takes SQLite's write lock when it begins. Optuna claims an
+    enqueued trial by reading that it is WAITING and then writing RUNNING; its SELECT ... FOR UPDATE
+    locks nothing in SQLite, so two processes could both claim the defaults trial and the second
+    fail to tell it ("Cannot tell a COMPLETE trial"). With the lock taken at BEGIN, the second
+    reads RUNNING and makes a trial of its own."""
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def open_study(study: str, storage: str, seed: int = 0, defaults: dict | None = None):

@@ -85,3 +85,33 @@ def test_of_many_opening_a_new_study_at_once_one_enqueues_the_defaults(tmp_path)
 def test_a_bad_storage_url_is_named():
     with pytest.raises(StorageError, match="nonsense://x"):
         open_study("s", "nonsense://x")
+
+
+def claim_the_defaults(storage: str, study: str, start, results) -> None:
+    found = open_study(study, storage, defaults={"x": 0.5, "n": 3})
+    start.wait()  # all ask at once: each would take the waiting defaults trial if it could
+    trial = found.ask()
+    try:
+        found.tell(trial, objective({"x": trial.suggest_float("x", 0, 1), "n": trial.suggest_int("n", 1, 10)}))
+        results.put("told")
+    except Exception as error:  # a trial another process claimed too
+        results.put(repr(error))
+
+
+def test_the_enqueued_defaults_are_claimed_by_one_process_of_many(tmp_path):
+    """Optuna claims a waiting trial by reading WAITING and then writing RUNNING; in SQLite, two
+    processes could both claim it (before the fix, a third of these rounds did)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study("other", storage)
+    context = multiprocessing.get_context("fork")
+    for round_ in range(10):
+        start, results = context.Barrier(2 * PROCESSES), context.Queue()
+        processes = [context.Process(target=claim_the_defaults, args=(storage, f"s{round_}", start, results))
+                     for _ in range(2 * PROCESSES)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [results.get(timeout=5) for _ in processes] == ["told"] * len(processes)
+        trials = optuna.load_study(study_name=f"s{round_}", storage=storage).trials
+        assert [trial.params for trial in trials].count({"x": 0.5, "n": 3}) == 1
