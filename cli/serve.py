@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cores and threads change at once) or standby (a new worker is started on the new "
                              "share and swapped in at a batch boundary, as MPS needs: a process's SM share is "
                              "fixed when it starts)")
+    parser.add_argument("--storage", choices=("files", "ipc"), default="files",
+                        help="semi-pd on CPU: how the two workers share weights, KV cache and request table: "
+                             "files (default; shared files) or ipc (torch's IPC: the design for GPUs, where it is "
+                             "CUDA IPC, run on CPU through shared memory; the prefill worker reads no weights "
+                             "and takes the owner's pool sizes)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body accepted, in MiB; larger ones get a 413 (default 64; "
                              "1 to 4096)")
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         try:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
                                                   args.prefill_pipeline, args.repartition, device,
-                                                  args.prefill_timeout)
+                                                  args.prefill_timeout, args.storage)
             # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force
             passthrough = ([*passthrough, "--disable-overlap-schedule"] if device == "cpu"
                            else settings.pdmux_argv(passthrough))

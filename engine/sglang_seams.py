@@ -10,6 +10,7 @@ semipd extends SGLang 0.5.23 without editing or copying its files, through these
 | forward injection   | `model_runner.forward` returns the prefill worker's logits once | engine/semipd/owner.py |
 | pool allocations    | large CPU `torch.zeros` in the pool constructors become shared files | engine/semipd/shared_storage.py |
 | scheduler process   | the prefill worker configures a scheduler process and builds a Scheduler | engine/semipd/prefill_worker.py |
+| worker build        | (IPC storage) the worker loads dummy weights and takes the owner's pool sizes | engine/semipd/prefill_worker.py |
 | row-parallel hooks  | AROUND hooks (SGLang's HookRegistry) on RowParallelLinear and the TP all-reduce | engine/tensor_overlap/sglang_patch.py |
 | HTTP app            | routes and a middleware on SGLang's FastAPI app, SGLang's admin auth | engine/http_routes.py |
 | attention backend   | `semipd_cpu` in SGLang's attention registry and `--attention-backend` choices; a TorchNativeAttnBackend subclass | engine/attention/backend.py |
@@ -59,6 +60,9 @@ SEAMS = (
     Seam("forward injection", "sglang.srt.model_executor.model_runner.ModelRunnerOutput",
          ("logits_output", "can_run_graph")),
     Seam("forward injection", "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"),
+    Seam("worker build", "sglang.srt.runtime_context.get_model"),
+    Seam("worker build", "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._resolve_memory_pool_config",
+         ("pre_model_load_memory",)),
     Seam("row-parallel hooks", "sglang.srt.plugins.hook_registry.HookRegistry.register"),
     Seam("row-parallel hooks", "sglang.srt.layers.linear.RowParallelLinear.forward",
          ("input_", "skip_all_reduce", "forward_batch", "output_tensor")),
@@ -177,6 +181,25 @@ def inject_forward(model_runner, take_injected) -> None:
         return injected if injected is not None else local_forward(forward_batch, *args, **kwargs)
 
     model_runner.forward = forward
+
+
+@contextmanager
+def worker_build(pool_config):
+    """worker build: within this block, a model loads SGLang's `dummy` weights (the worker rebinds
+    them to the owner's; nothing is read from disk) and the memory pools take `pool_config`, the
+    owner's, instead of profiling device memory the owner already holds."""
+    import copy
+
+    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
+    from sglang.srt.runtime_context import get_model
+
+    resolve_config = KVCacheConfigurator._resolve_memory_pool_config
+    KVCacheConfigurator._resolve_memory_pool_config = lambda self, pre_model_load_memory: copy.deepcopy(pool_config)
+    try:
+        with get_model().override(load_format="dummy"):
+            yield
+    finally:
+        KVCacheConfigurator._resolve_memory_pool_config = resolve_config
 
 
 @contextmanager

@@ -70,38 +70,52 @@ def export_manifest(named: Iterable[tuple[str, torch.Tensor]],
     return entries
 
 
+def rebuild_handle(handle: tuple) -> torch.Tensor:
+    return handle[0](*handle[1])
+
+
+def check_entry(position: int, entry: ManifestEntry, name: str, shape, dtype) -> None:
+    """StorageMismatch unless the owner's `position`-th tensor is the one the worker wants there."""
+    want = (name, tuple(int(d) for d in shape), str(dtype))
+    have = (entry.name, entry.shape, entry.dtype)
+    if have != want:
+        raise StorageMismatch(f"shared tensor {position}: the owner made {have}, this worker wants {want} "
+                              "(started with other model or memory flags?)")
+
+
+def check_count(shared: int, wanted: int) -> None:
+    if shared != wanted:
+        more = "more" if shared > wanted else "fewer"
+        raise StorageMismatch(f"the owner shares {shared} tensors, this worker wants {wanted}: the owner made {more}")
+
+
+def open_entry(entry: ManifestEntry, rebuild: Callable[[tuple], torch.Tensor] = rebuild_handle) -> torch.Tensor:
+    tensor = rebuild(entry.handle)
+    if tuple(tensor.shape) != entry.shape or str(tensor.dtype) != entry.dtype:
+        raise StorageMismatch(f"shared tensor {entry.name} opened as {tuple(tensor.shape)} {tensor.dtype}, "
+                              f"not {entry.shape} {entry.dtype}")
+    return tensor
+
+
 def attach(manifest: list[ManifestEntry], wanted: list[tuple[str, tuple[int, ...], torch.dtype]],
-           rebuild: Callable[[tuple], torch.Tensor] = lambda handle: handle[0](*handle[1])) -> dict[str, torch.Tensor]:
+           rebuild: Callable[[tuple], torch.Tensor] = rebuild_handle) -> dict[str, torch.Tensor]:
     """The worker's side: every tensor it needs, opened in place, after checking that the manifest
     lists exactly these, in this order, with these shapes and dtypes."""
     for position, (entry, (name, shape, dtype)) in enumerate(zip(manifest, wanted)):
-        want = (name, tuple(int(d) for d in shape), str(dtype))
-        have = (entry.name, entry.shape, entry.dtype)
-        if have != want:
-            raise StorageMismatch(f"shared tensor {position}: the owner made {have}, this worker wants {want} "
-                                  "(started with other model or memory flags?)")
-    if len(manifest) != len(wanted):
-        more = "more" if len(manifest) > len(wanted) else "fewer"
-        raise StorageMismatch(f"the owner shares {len(manifest)} tensors, this worker wants {len(wanted)}: "
-                              f"the owner made {more}")
-    tensors = {}
-    for entry in manifest:
-        tensor = rebuild(entry.handle)
-        if tuple(tensor.shape) != entry.shape or str(tensor.dtype) != entry.dtype:
-            raise StorageMismatch(f"shared tensor {entry.name} opened as {tuple(tensor.shape)} {tensor.dtype}, "
-                                  f"not {entry.shape} {entry.dtype}")
-        tensors[entry.name] = tensor
-    return tensors
+        check_entry(position, entry, name, shape, dtype)
+    check_count(len(manifest), len(wanted))
+    return {entry.name: open_entry(entry, rebuild) for entry in manifest}
 
 
-def dumps(manifest: list[ManifestEntry]) -> bytes:
-    """The manifest as bytes for the worker's socket (torch's reductions pickle the handles)."""
+def dumps(manifest) -> bytes:
+    """The manifest (or anything holding one) as bytes for the worker (torch's reductions pickle
+    the handles)."""
     buffer = io.BytesIO()
     ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(manifest)
     return buffer.getvalue()
 
 
-def loads(data: bytes) -> list[ManifestEntry]:
+def loads(data: bytes):
     return pickle.loads(data)
 
 

@@ -47,9 +47,9 @@ from engine.semipd.control_channel import ControlServer
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import HUNG_AFTER_S, PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
+from engine.semipd.ipc_storage import new_storage
 from engine.semipd.settings import (ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_PREFILL_TIMEOUT,
-                                    ENV_REPARTITION, ENV_SPLIT)
-from engine.semipd.shared_storage import SharedStorage
+                                    ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
 from engine.semipd.split_log import log_split, new_history, requested_split
 from engine.sglang_seams import inject_forward
 
@@ -61,7 +61,7 @@ IDLE_WAIT_MS = 100
 
 class SemiPDScheduler(Scheduler):
     def __init__(self, server_args, port_args):
-        self._semipd_storage = SharedStorage.new("storage")
+        self._semipd_storage = new_storage(os.environ.get(ENV_STORAGE, "files"), "cpu")
         super().__init__(server_args, port_args)
         model_runner = self.tp_worker.model_runner
         self._semipd_storage.share_parameters(model_runner.model)
@@ -74,6 +74,7 @@ class SemiPDScheduler(Scheduler):
         self.partition.check(split)
         self._server_args = server_args
         self._mailboxes = mailboxes(self._semipd_storage)
+        self._semipd_storage.publish(pool_config=model_runner.memory_pool_config)  # before any worker starts
         self.prefill_link = self._start_worker(split.prefill)
         self.prefill_link.wait_ready()
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)

@@ -145,20 +145,21 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     from sglang.srt.server_args import PortArgs
 
     from engine.attention import backend
-    from engine.semipd.shared_storage import SharedStorage
+    from engine.semipd.ipc_storage import attach_storage
 
     backend.register()  # this process builds its own model runner
     torch.set_num_threads(threads)
     publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     scheduler_module.configure_scheduler_process(server_args, 0)
     die_with_owner(owner_pid, [storage_dir, metrics_dir])  # after SGLang's own parent-death SIGKILL, replacing it
-    storage = SharedStorage.attach(storage_dir)
     sock = zmq.Context.instance().socket(zmq.PAIR)
     sock.connect(endpoint)
     try:
+        storage = attach_storage(storage_dir)
         scheduler = build_attached_scheduler(scheduler_module.Scheduler, server_args,
                                              PortArgs.init_new(server_args), storage)
         slots = mailboxes(storage)
+        storage.check_complete()
     except Exception:
         send(sock, ForwardResult(-1, None, 0.0, 0.0, error=traceback.format_exc()))
         raise
@@ -167,14 +168,20 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
 
 
 def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
-    """A Scheduler whose KV pool, request table and weights are the owner's shared files."""
+    """A Scheduler whose KV pool, request table and weights are the owner's: shared files, or
+    (IPC storage) tensors opened in place, with no weights read and the owner's pool sizes."""
+    from contextlib import nullcontext
+
+    from engine.semipd.ipc_storage import IpcStorage
+    from engine.sglang_seams import worker_build
 
     class AttachedScheduler(scheduler_cls):
         def init_memory_pools(self):
             with storage.shared_allocations("pool"):
                 super().init_memory_pools()
 
-    scheduler = AttachedScheduler(server_args, port_args)
+    with worker_build(storage.pool_config) if isinstance(storage, IpcStorage) else nullcontext():
+        scheduler = AttachedScheduler(server_args, port_args)
     storage.share_parameters(scheduler.tp_worker.model_runner.model)
     return scheduler
 

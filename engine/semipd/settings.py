@@ -18,6 +18,8 @@ ENV_PIPELINE = "SEMIPD_PREFILL_PIPELINE"
 ENV_REPARTITION = "SEMIPD_REPARTITION"
 ENV_DEVICE = "SEMIPD_DEVICE"
 ENV_PREFILL_TIMEOUT = "SEMIPD_PREFILL_TIMEOUT"
+ENV_STORAGE = "SEMIPD_STORAGE"
+STORAGE_CHOICES = ("files", "ipc")
 PREFILL_TIMEOUT_RANGE_S = (0.5, 3600.0)
 REPARTITION_CHOICES = ("live", "standby")
 CPU_SPLIT = "1,1"  # the default split on CPU (cores); on GPU the menu's most even SM pair
@@ -34,7 +36,7 @@ PDMUX_CONFLICTS = {"--pp-size": ("1", "pipeline parallelism"),
 
 def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
               prefill_pipeline: int = 2, repartition: str = "live", device: str = "cpu",
-              prefill_timeout_s: float = 60.0) -> str:
+              prefill_timeout_s: float = 60.0, storage: str = "files") -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range, ValueError for a bad combination.
@@ -45,6 +47,8 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
 
     if repartition not in REPARTITION_CHOICES:
         raise ValueError(f"--repartition {repartition!r}: valid are {', '.join(REPARTITION_CHOICES)}")
+    if storage not in STORAGE_CHOICES:
+        raise ValueError(f"--storage {storage!r}: valid are {', '.join(STORAGE_CHOICES)}")
     low, high = PREFILL_TIMEOUT_RANGE_S
     if not low <= prefill_timeout_s <= high:  # (NaN fails too)
         raise ValueError(f"--prefill-timeout {prefill_timeout_s} is out of range {low:g}..{high:g} seconds")
@@ -59,7 +63,8 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
             parse_split(split_text)
         cpu_only = [flag for flag, used in (("--lend-idle-cores", lend_idle_cores),
                                             ("--frontend-cores", frontend_cores != "all"),
-                                            ("--repartition standby", repartition == "standby")) if used]
+                                            ("--repartition standby", repartition == "standby"),
+                                            ("--storage ipc", storage == "ipc")) if used]
         if cpu_only:
             raise ValueError(f"{', '.join(cpu_only)}: CPU only; on GPU semi-pd runs on SGLang's PD "
                              "multiplexing, one process whose split moves between stream groups")
@@ -73,6 +78,7 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
     os.environ[ENV_REPARTITION] = repartition
     os.environ[ENV_DEVICE] = device
     os.environ[ENV_PREFILL_TIMEOUT] = str(prefill_timeout_s)
+    os.environ[ENV_STORAGE] = storage
     return endpoint
 
 

@@ -43,6 +43,35 @@ def default_root() -> Path:
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 
 
+def new_directory(tag: str) -> Path:
+    """A fresh directory for one owner's storage (and its sockets), named by its pid."""
+    remove_stale(tag)
+    directory = default_root() / f"semipd-{tag}-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def nbytes_of(shape, dtype: torch.dtype) -> int:
+    numel = 1
+    for dim in shape:
+        numel *= int(dim)
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def large_allocations(make, device_type: str):
+    """Within this block, `torch.zeros` of at least SHARE_THRESHOLD_BYTES on `device_type` returns
+    `make(shape, dtype)`: SGLang's pool constructors allocate their buffers this way."""
+
+    def route(shape, dtype, device):
+        here = torch.device(device if device is not None else "cpu").type == device_type
+        if not here or nbytes_of(shape, dtype) < SHARE_THRESHOLD_BYTES:
+            return None
+        return make(shape, dtype)
+
+    return routed_zeros(route)
+
+
 @dataclass
 class SharedStorage:
     directory: Path
@@ -51,11 +80,7 @@ class SharedStorage:
 
     @classmethod
     def new(cls, tag: str) -> "SharedStorage":
-        remove_stale(tag)
-        directory = default_root() / f"semipd-{tag}-{os.getpid()}"
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        storage = cls(directory, create=True)
+        storage = cls(new_directory(tag), create=True)
         atexit.register(storage.remove)
         return storage
 
@@ -68,7 +93,7 @@ class SharedStorage:
         numel = 1
         for dim in shape:
             numel *= int(dim)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        nbytes = nbytes_of(shape, dtype)
         path = self.directory / name
         meta_path = self.directory / f"{name}.json"
         meta = {"shape": [int(d) for d in shape], "dtype": str(dtype)}
@@ -101,17 +126,13 @@ class SharedStorage:
     def shared_allocations(self, prefix: str):
         """Within this block, large CPU `torch.zeros` calls return shared-file tensors."""
         counter = iter(range(1 << 30))
+        return large_allocations(lambda shape, dtype: self.tensor(f"{prefix}.{next(counter)}", shape, dtype), "cpu")
 
-        def route(shape, dtype, device):
-            numel = 1
-            for dim in shape:
-                numel *= int(dim)
-            on_cpu = device is None or torch.device(device).type == "cpu"
-            if not on_cpu or numel * torch.empty((), dtype=dtype).element_size() < SHARE_THRESHOLD_BYTES:
-                return None
-            return self.tensor(f"{prefix}.{next(counter)}", shape, dtype)
+    def publish(self, pool_config=None) -> None:
+        """Nothing to publish: a worker maps the files by name (the IPC storage writes its manifest)."""
 
-        return routed_zeros(route)
+    def check_complete(self) -> None:
+        """The files are checked one by one as the worker maps them."""
 
     def remove(self) -> None:
         if self.create:

@@ -1,0 +1,121 @@
+"""The IPC storage (engine/semipd/ipc_storage.py) between two real processes on CPU: the owner's
+pools and weights opened in place by a worker that built its own with other values, in order,
+checked by name, shape and dtype. On CUDA the same code carries cudaIpcMemHandles; no GPU here."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.semipd.ipc_storage import MANIFEST_FILE, IpcStorage, attach_storage, new_storage
+from engine.semipd.shared_storage import SHARE_THRESHOLD_BYTES, SharedStorage, StorageMismatch
+
+BIG = SHARE_THRESHOLD_BYTES // 4  # float32 elements of one shared allocation
+
+
+def build_pools(storage, rows: int = 4) -> list[torch.Tensor]:
+    """What SGLang's pool constructors do: large zeros (shared) and a small one (private)."""
+    with storage.shared_allocations("pool"):
+        return [torch.zeros((rows, BIG), dtype=torch.float32), torch.zeros(8, dtype=torch.int64),
+                torch.zeros((2, BIG), dtype=torch.bfloat16)]
+
+
+def owner(tmp_path: Path) -> tuple[IpcStorage, list[torch.Tensor], torch.nn.Module]:
+    storage = IpcStorage.new(f"test-{tmp_path.name}", "cpu")
+    pools = build_pools(storage)
+    model = torch.nn.Linear(4, 3)
+    storage.share_parameters(model)
+    storage.publish(pool_config={"max_total_num_tokens": 1234})
+    return storage, pools, model
+
+
+def worker(directory: str, rows: int, results) -> None:
+    try:
+        storage = attach_storage(directory)
+        pools = build_pools(storage, rows)
+        model = torch.nn.Linear(4, 3)  # other (random) values: the owner's replace them
+        storage.share_parameters(model)
+        storage.check_complete()
+        pools[0][1, :3] = torch.tensor([1.0, 2.0, 3.0])  # a KV write by the worker
+        results.put(("ok", storage.pool_config, model.weight.detach().clone()))
+    except StorageMismatch as error:
+        results.put(("mismatch", str(error)))
+
+
+def run_worker(directory, rows: int = 4):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=worker, args=(str(directory), rows, results))
+    process.start()
+    found = results.get(timeout=120)
+    process.join(timeout=30)
+    return found
+
+
+def test_a_worker_opens_the_owners_pools_and_weights_in_place(tmp_path):
+    storage, pools, model = owner(tmp_path)
+    try:
+        status, pool_config, weight = run_worker(storage.directory)
+        assert status == "ok"
+        assert pool_config == {"max_total_num_tokens": 1234}  # the owner's sizes, not profiled again
+        assert torch.equal(weight, model.weight.detach())  # the worker's own values were replaced
+        assert pools[0][1, :3].tolist() == [1.0, 2.0, 3.0] and float(pools[0][0].abs().sum()) == 0
+        assert storage.names == ["pool.0", "pool.1", "param.weight", "param.bias"]  # the small zeros stay private
+    finally:
+        storage.remove()
+    assert not storage.directory.exists()
+
+
+def test_a_worker_that_builds_other_shapes_is_refused_naming_the_tensor(tmp_path):
+    storage, _, _ = owner(tmp_path)
+    try:
+        status, message = run_worker(storage.directory, rows=5)
+        assert status == "mismatch"
+        assert "shared tensor 0: the owner made ('pool.0', (4, 16384), 'torch.float32')" in message
+        assert "(5, 16384)" in message
+    finally:
+        storage.remove()
+
+
+def test_the_manifest_is_written_once_and_a_worker_must_open_all_of_it(tmp_path):
+    storage, _, _ = owner(tmp_path)
+    try:
+        written = (storage.directory / MANIFEST_FILE).stat().st_mtime_ns
+        storage.publish(pool_config=None)  # a restart or standby worker reads the same manifest
+        assert (storage.directory / MANIFEST_FILE).stat().st_mtime_ns == written
+        attached = attach_storage(storage.directory)
+        assert isinstance(attached, IpcStorage)
+        attached.tensor("pool.0", (4, BIG), torch.float32)
+        with pytest.raises(StorageMismatch, match="the owner shares 4 tensors, this worker wants 1: the owner made more"):
+            attached.check_complete()
+        for name, shape, dtype in (("pool.1", (2, BIG), torch.bfloat16), ("param.weight", (3, 4), torch.float32),
+                                   ("param.bias", (3,), torch.float32)):
+            attached.tensor(name, shape, dtype)
+        with pytest.raises(StorageMismatch, match="this worker wants 5: the owner made fewer"):
+            attached.tensor("pool.2", (1,), torch.float32)
+    finally:
+        storage.remove()
+
+
+def test_file_storage_is_attached_as_files_and_bad_kinds_are_refused(tmp_path):
+    files = SharedStorage.new(f"test-{tmp_path.name}")
+    try:
+        assert isinstance(attach_storage(files.directory), SharedStorage)
+    finally:
+        files.remove()
+    with pytest.raises(ValueError, match="valid are ipc, and files on CPU"):
+        new_storage("files", "cuda")
+    with pytest.raises(ValueError, match="'nfs'"):
+        new_storage("nfs", "cpu")
+
+
+def test_serve_refuses_a_bad_storage_and_ipc_storage_on_gpu():
+    from engine.semipd import settings
+
+    with pytest.raises(ValueError, match="--storage 'nfs': valid are files, ipc"):
+        settings.configure("1,1", 30000, storage="nfs")
+    with pytest.raises(ValueError, match="--storage ipc: CPU only"):
+        settings.configure("", 30000, device="cuda", storage="ipc")
