@@ -8,7 +8,7 @@ semipd extends SGLang 0.5.23 without editing or copying its files, through these
 | scheduler class     | SGLang's scheduler process builds our Scheduler subclass | engine/semipd/settings.py |
 | scheduler loop      | the subclass replaces `event_loop_normal` and calls SGLang's own batch methods | engine/semipd/owner.py |
 | forward injection   | `model_runner.forward` returns the prefill worker's logits once | engine/semipd/owner.py |
-| pool allocations    | large CPU `torch.zeros` in the pool constructors become shared files | engine/semipd/shared_storage.py |
+| pool allocations    | large `torch.zeros` in the pool constructors become shared tensors (files, or IPC) | engine/semipd/shared_storage.py |
 | scheduler process   | the prefill worker configures a scheduler process and builds a Scheduler | engine/semipd/prefill_worker.py |
 | worker build        | (IPC storage) the worker loads dummy weights and takes the owner's pool sizes | engine/semipd/prefill_worker.py |
 | row-parallel hooks  | AROUND hooks (SGLang's HookRegistry) on RowParallelLinear and the TP all-reduce | engine/tensor_overlap/sglang_patch.py |

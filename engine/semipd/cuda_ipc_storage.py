@@ -1,18 +1,18 @@
-"""Unified storage for two semi-PD processes on a GPU: the owner's tensors opened in place by the
-prefill worker through CUDA IPC (the semi-PD paper's design), and events that order the worker's
-KV writes before the owner's reads.
+"""The pieces of the GPU storage for two semi-PD processes (the semi-PD paper's design): a manifest
+of the owner's tensors that the prefill worker opens in place through CUDA IPC, and interprocess
+events that order each process's writes before the other's reads (`StepOrder`). The storage object
+built from them is engine/semipd/ipc_storage.py.
 
-The owner (decode) loads the weights and allocates the KV pool and `req_to_token` as usual, then
-exports a manifest: for every tensor, in a fixed order, its name, shape, dtype and torch's IPC
-reduction (on CUDA a `cudaIpcMemHandle` and an offset into its allocation; the same code shares
-CPU tensors through shared memory, which is how it is tested here). The worker builds the same
-model without weights and the same pools without buffers, lists what it needs in the same order,
-and attaches: each tensor is opened where the owner keeps it, so weights, KV and the request
-table exist once on the device. A name, shape, dtype or order that differs is an error naming the
-first difference: a worker built with other flags must not run on memory it misreads.
+The manifest lists every tensor the owner shares, in a fixed order: its name, shape, dtype and
+torch's IPC reduction (on CUDA a `cudaIpcMemHandle` and an offset into its allocation; the same
+code shares CPU tensors through shared memory, which is how it runs on CPU). The worker opens
+each tensor where the owner keeps it, so weights, KV and the request table exist once on the
+device. A name, shape, dtype or order that differs is an error naming the first difference: a
+worker built with other flags must not run on memory it misreads.
 
 Legacy CUDA IPC cannot share every allocation: `refusals` names the settings that rule it out
-(expandable segments, the memory saver, custom memory pools), each by its flag. Not verified on hardware: no GPU has run this file.
+(expandable segments, the memory saver, custom memory pools), each by its flag. Not verified on
+hardware: no GPU has run this file.
 """
 
 from __future__ import annotations
@@ -119,32 +119,43 @@ def loads(data: bytes):
     return pickle.loads(data)
 
 
-class KvWriteOrder:
-    """Interprocess events that make the owner read a prefill's KV and logits only after the worker's
-    kernels wrote them (a host round trip alone does not order two processes' streams).
-
-    One event per pipeline slot, created by the worker (`torch.cuda.Event(interprocess=True)`),
-    shared once by handle. The worker records a slot's event on its stream after the batch's
-    forward; the owner makes its stream wait on it before completing the batch. A slot is
-    recorded again only after the owner has waited on it: otherwise the owner could wait on a
-    later batch's write, or on none.
-    """
+class SlotEvents:
+    """Interprocess events, one per pipeline slot, that make one process's reads of a slot wait for
+    the other's writes to it: a message on the socket orders the two hosts, not the two processes'
+    streams. The writer records the slot's event on its stream after launching its writes; the
+    reader makes its stream wait on the event before launching its reads. A slot is written again
+    only after it was read: the mailbox protocol's rule (batch `seq` takes slot `seq % depth`, sent
+    only once the slot's previous answer is read)."""
 
     def __init__(self, events: list):
         self.events = events
-        self.recorded = [False] * len(events)
 
     def written(self, slot: int, stream) -> None:
-        """The worker's side, after launching the batch's forward on `stream`."""
-        if self.recorded[slot]:
-            raise RuntimeError(f"event slot {slot} recorded again before the owner waited on it")
         self.events[slot].record(stream)
-        self.recorded[slot] = True
 
     def before_reading(self, slot: int, stream) -> None:
-        """The owner's side: `stream`'s later work (completion, decode) waits for the write."""
-        if not self.recorded[slot]:
-            raise RuntimeError(f"event slot {slot} waited on before the worker recorded it: "
-                               "the owner would read KV the worker has not written")
         stream.wait_event(self.events[slot])
-        self.recorded[slot] = False
+
+
+@dataclass
+class StepOrder:
+    """The two directions of a prefill step on a GPU: the owner's batch tensors (mailbox) written
+    before the worker's forward reads them; the worker's KV and logits written before the owner
+    reads them. The owner creates the events and hands the worker their IPC handles at its start."""
+
+    batch: SlotEvents
+    result: SlotEvents
+
+    @classmethod
+    def new(cls, slots: int, event: Callable[[], object] | None = None) -> "StepOrder":
+        event = event or (lambda: torch.cuda.Event(interprocess=True))
+        return cls(SlotEvents([event() for _ in range(slots)]), SlotEvents([event() for _ in range(slots)]))
+
+    def handles(self) -> tuple[list, list]:
+        return [e.ipc_handle() for e in self.batch.events], [e.ipc_handle() for e in self.result.events]
+
+    @classmethod
+    def open(cls, handles: tuple[list, list], opener: Callable[[object], object] | None = None) -> "StepOrder":
+        opener = opener or (lambda handle: torch.cuda.Event.from_ipc_handle(torch.cuda.current_device(), handle))
+        batch, result = handles
+        return cls(SlotEvents([opener(h) for h in batch]), SlotEvents([opener(h) for h in result]))

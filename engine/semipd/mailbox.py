@@ -6,8 +6,9 @@ socket is small metadata; the receiver turns the refs back into views of its own
 mailbox holds one message at a time: the owner writes a batch only when the worker has answered
 the previous one, and reads (copies out) the worker's answer before sending the next batch.
 
-On a GPU the buffer would be a CUDA IPC allocation and an interprocess event would order the
-sender's copy before the receiver's read; the interface (`pack`, `unpack`) stays the same.
+With the IPC storage on a GPU the buffer is the owner's CUDA allocation, opened by the worker
+through CUDA IPC, and interprocess events (cuda_ipc_storage.StepOrder) order the sender's copy
+before the receiver's read; the interface (`pack`, `unpack`) is the same.
 """
 
 from __future__ import annotations

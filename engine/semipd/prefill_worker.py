@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from engine.semipd.cuda_ipc_storage import StepOrder
 from engine.semipd.mailbox import Mailbox
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,10 @@ def die_with_owner(owner_pid: int, leftovers: list[str]) -> None:
         on_signal(signal.SIGTERM, None)
 
 
-def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int, owner_pid: int) -> None:
-    """Entry point of the prefill worker process (started with `spawn` by the owner)."""
+def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int, owner_pid: int,
+                       order_handles: tuple[list, list] | None = None) -> None:
+    """Entry point of the prefill worker process (started with `spawn` by the owner); on a GPU,
+    `order_handles` are the IPC handles of the owner's StepOrder events."""
     import tempfile
 
     # SGLang's scheduler metrics of this process would shadow the owner's (same labels): keep
@@ -160,11 +163,12 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
                                              PortArgs.init_new(server_args), storage)
         slots = mailboxes(storage)
         storage.check_complete()
+        order = StepOrder.open(order_handles) if order_handles else None
     except Exception:
         send(sock, ForwardResult(-1, None, 0.0, 0.0, error=traceback.format_exc()))
         raise
     send(sock, ForwardResult(-1, None, 0.0, 0.0))  # ready
-    serve_forwards(scheduler.tp_worker.model_runner, sock, slots)
+    serve_forwards(scheduler.tp_worker.model_runner, sock, slots, order)
 
 
 def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
@@ -186,7 +190,7 @@ def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
     return scheduler
 
 
-def serve_forwards(model_runner, sock: zmq.Socket, slots: list[tuple[Mailbox, Mailbox]]) -> None:
+def serve_forwards(model_runner, sock: zmq.Socket, slots: list[tuple[Mailbox, Mailbox]], order=None) -> None:
     import torch
 
     while True:
@@ -194,17 +198,35 @@ def serve_forwards(model_runner, sock: zmq.Socket, slots: list[tuple[Mailbox, Ma
         if isinstance(message, SetThreads):
             torch.set_num_threads(message.threads)
             continue
-        started = time.time()
-        batch_box, logits_box = slots[message.seq % len(slots)]
-        try:
-            forward_batch = batch_box.unpack(message.forward_batch)
-            attach_to_runner(forward_batch, model_runner)
-            with torch.no_grad():
-                out = model_runner.forward(forward_batch)
-            send(sock, ForwardResult(message.seq, logits_box.pack(out.logits_output), started, time.time()))
-        except Exception:
-            logger.exception("prefill forward failed")
-            send(sock, ForwardResult(message.seq, None, started, time.time(), error=traceback.format_exc()))
+        send(sock, run_forward(message, model_runner, slots, order))
+
+
+def run_forward(message: ForwardRequest, model_runner, slots: list[tuple[Mailbox, Mailbox]], order=None,
+                stream=None) -> ForwardResult:
+    """One prefill forward over the owner's storage. On a GPU (`order`, a StepOrder) the forward
+    waits for the owner's batch copy and the answer goes out once the KV and logits writes are
+    launched and their event recorded: the owner's stream waits on it, this process does not sync.
+    (Its `finished` time is then when the work was launched, not done.)"""
+    import torch
+
+    started = time.time()
+    slot = message.seq % len(slots)
+    batch_box, logits_box = slots[slot]
+    try:
+        if order is not None:
+            stream = stream or torch.cuda.current_stream()
+            order.batch.before_reading(slot, stream)
+        forward_batch = batch_box.unpack(message.forward_batch)
+        attach_to_runner(forward_batch, model_runner)
+        with torch.no_grad():
+            out = model_runner.forward(forward_batch)
+        logits = logits_box.pack(out.logits_output)
+        if order is not None:
+            order.result.written(slot, stream)
+        return ForwardResult(message.seq, logits, started, time.time())
+    except Exception:
+        logger.exception("prefill forward failed")
+        return ForwardResult(message.seq, None, started, time.time(), error=traceback.format_exc())
 
 
 def forward_payload(forward_batch, batch_box: Mailbox):
@@ -251,9 +273,12 @@ class PrefillLink:
         self.sock = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         self.sock.bind(self.endpoint)
+        # on a GPU, events order each slot's writes before the other process reads it
+        self.order = StepOrder.new(len(slots)) if storage.device == "cuda" else None
         self.process = multiprocessing.get_context("spawn").Process(
-            target=run_prefill_worker, args=(server_args, str(storage.directory), self.endpoint, threads, os.getpid()),
-            name="semipd-prefill", daemon=True)
+            target=run_prefill_worker, name="semipd-prefill", daemon=True,
+            args=(server_args, str(storage.directory), self.endpoint, threads, os.getpid(),
+                  self.order.handles() if self.order else None))
         self.process.start()
         self.seq = 0
         self.ready = False
@@ -308,6 +333,8 @@ class PrefillLink:
                              f"{self.seq}", [*self.inflight, held])
         batch_box, _ = self.slots[self.seq % len(self.slots)]
         payload = forward_payload(forward_batch, batch_box)
+        if self.order is not None:
+            self.order.batch.written(self.seq % len(self.slots), current_stream())
         try:
             sent = send(self.sock, ForwardRequest(self.seq, payload))
         except zmq.Again:
@@ -346,6 +373,8 @@ class PrefillLink:
         self.stats["inline_tensors"] += inline_tensors(result.logits_output)
         # copied out: this slot's logits are overwritten once its next batch is sent
         _, logits_box = self.slots[held.seq % len(self.slots)]
+        if self.order is not None:  # the copy, and every later read of this prefill's KV, after its writes
+            self.order.result.before_reading(held.seq % len(self.slots), current_stream())
         logits_box.unpack(result.logits_output, copy_out=True)
         self.inflight.popleft()
         self.running_since = time.monotonic()  # the next one held, if any, runs from now
@@ -375,6 +404,12 @@ class PrefillLink:
             self.process.kill()
         self.process.join(timeout=5)
         self.sock.close(linger=0)
+
+
+def current_stream():
+    import torch
+
+    return torch.cuda.current_stream()
 
 
 def inline_tensors(message) -> int:

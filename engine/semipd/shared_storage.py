@@ -77,6 +77,7 @@ class SharedStorage:
     directory: Path
     create: bool
     files: list[str] = field(default_factory=list)
+    device = "cpu"  # files are host memory
 
     @classmethod
     def new(cls, tag: str) -> "SharedStorage":

@@ -2,7 +2,7 @@
 
 The manifest's round trip runs for real between two processes with CPU tensors: torch's
 reductions are the same code on CUDA (there they carry cudaIpcMemHandles). The events and streams
-are fakes that keep a timeline. No GPU: nothing here claims a GPU result."""
+are fakes that keep a timeline; the worker's step runs on a fake model runner. No GPU: nothing here claims a GPU result."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.multiprocessing
 
-from engine.semipd.cuda_ipc_storage import KvWriteOrder, attach, dumps, export_manifest, loads, refusals
+from engine.semipd.cuda_ipc_storage import StepOrder, attach, dumps, export_manifest, loads, refusals
+from engine.semipd.mailbox import Mailbox
+from engine.semipd.prefill_worker import ForwardRequest, run_forward
 from engine.semipd.shared_storage import StorageMismatch
 
 
@@ -136,26 +138,46 @@ class Timeline:
         return Event()
 
 
-def test_the_owner_reads_a_batch_only_after_waiting_on_the_event_its_write_recorded():
+def test_a_gpu_step_waits_for_each_write_by_its_slots_event_in_both_directions():
+    """Owner and worker each hold the StepOrder (the worker's opened from the owner's handles); the
+    worker's forward runs after its stream waited for the owner's batch copy, and the owner's
+    reads wait for the event the worker recorded after the forward and the logits copy."""
     t = Timeline()
-    order = KvWriteOrder([t.event("slot0"), t.event("slot1")])
-    worker, owner = t.stream("worker"), t.stream("owner")
-    order.written(0, worker)
-    order.written(1, worker)  # the pipeline's second batch
-    order.before_reading(0, owner)
-    order.written(0, worker)  # slot 0 reused for the third batch
-    order.before_reading(1, owner)
-    order.before_reading(0, owner)
-    assert t.ops == [("record", "slot0"), ("record", "slot1"), ("wait", "owner", "slot0", 0),
-                     ("record", "slot0"), ("wait", "owner", "slot1", 1), ("wait", "owner", "slot0", 3)]
+    names = iter(f"{kind}{slot}" for kind in ("batch", "result") for slot in range(2))
+    owner_order = StepOrder.new(2, event=lambda: t.event(next(names)))
+    by_handle = {}
+    for event in [*owner_order.batch.events, *owner_order.result.events]:
+        event.ipc_handle = lambda event=event: event.name
+        by_handle[event.name] = event
+    worker_order = StepOrder.open(owner_order.handles(), opener=by_handle.__getitem__)
+    assert worker_order.result.events == owner_order.result.events
+
+    slots = [(Mailbox(torch.zeros(4096, dtype=torch.uint8)), Mailbox(torch.zeros(4096, dtype=torch.uint8)))
+             for _ in range(2)]
+    runner = SimpleNamespace(kv_index_translator=SimpleNamespace(
+        own_plan=lambda batch: SimpleNamespace(bind=lambda batch, translator: None)))
+
+    def forward(batch):
+        t.ops.append(("forward", batch.input_ids.tolist()))
+        return SimpleNamespace(logits_output=SimpleNamespace(next_token_logits=batch.input_ids.float() * 2))
+
+    runner.forward = forward
+    owner, worker = t.stream("owner"), t.stream("worker")
+    batch_box, logits_box = slots[1]
+    payload = batch_box.pack(SimpleNamespace(input_ids=torch.arange(3)))
+    owner_order.batch.written(1, owner)  # batch seq 1 takes slot 1
+    result = run_forward(ForwardRequest(1, payload), runner, slots, worker_order, stream=worker)
+    assert result.error is None
+    owner_order.result.before_reading(1, owner)
+    assert logits_box.unpack(result.logits_output, copy_out=True).next_token_logits.tolist() == [0.0, 2.0, 4.0]
+    assert t.ops == [("record", "batch1"), ("wait", "worker", "batch1", 0), ("forward", [0, 1, 2]),
+                     ("record", "result1"), ("wait", "owner", "result1", 3)]
 
 
-def test_reading_before_the_write_or_recording_over_an_unread_slot_is_an_error():
-    t = Timeline()
-    order = KvWriteOrder([t.event("slot0")])
-    with pytest.raises(RuntimeError, match="has not written"):
-        order.before_reading(0, t.stream("owner"))
-    order.written(0, t.stream("worker"))
-    with pytest.raises(RuntimeError, match="before the owner waited"):
-        order.written(0, t.stream("worker"))
-    assert t.ops == [("record", "slot0")]
+def test_without_events_a_cpu_step_runs_the_forward_alone_and_a_failure_is_reported():
+    slots = [(Mailbox(torch.zeros(4096, dtype=torch.uint8)), Mailbox(torch.zeros(4096, dtype=torch.uint8)))]
+    runner = SimpleNamespace(kv_index_translator=SimpleNamespace(
+        own_plan=lambda batch: SimpleNamespace(bind=lambda batch, translator: None)),
+        forward=lambda batch: 1 / 0)
+    result = run_forward(ForwardRequest(4, slots[0][0].pack(SimpleNamespace(x=torch.ones(2)))), runner, slots)
+    assert result.seq == 4 and result.logits_output is None and "ZeroDivisionError" in result.error
