@@ -44,10 +44,10 @@ from contract import split_state
 from engine.partition import InvalidSplit, Split, Workers, parse_split
 from engine.partition.cpu import CpuCores, pin_process
 from engine.semipd.control_channel import ControlServer
+from engine.semipd.ipc_storage import new_storage
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import HUNG_AFTER_S, PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
-from engine.semipd.ipc_storage import new_storage
 from engine.semipd.settings import (ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_PREFILL_TIMEOUT,
                                     ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
 from engine.semipd.split_log import log_split, new_history, requested_split
