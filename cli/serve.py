@@ -43,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "share and swapped in at a batch boundary, as MPS needs: a process's SM share is "
                              "fixed when it starts)")
     parser.add_argument("--storage", choices=("files", "ipc"), default="files",
-                        help="semi-pd on CPU: how the two workers share weights, KV cache and request table: "
-                             "files (default; shared files) or ipc (torch's IPC: the design for GPUs, where it is "
-                             "CUDA IPC, run on CPU through shared memory; the prefill worker reads no weights "
-                             "and takes the owner's pool sizes)")
+                        help="semi-pd: how the two workers share weights, KV cache and request table: files "
+                             "(default on CPU: shared files) or ipc (torch's IPC; the prefill worker reads no "
+                             "weights and takes the owner's pool sizes). On a GPU, ipc runs the paper's two "
+                             "processes over CUDA IPC with MPS shares (--split P,100: decode keeps every SM, a "
+                             "new P starts a standby worker; needs the MPS daemon; not verified on hardware) "
+                             "instead of SGLang's PD multiplexing")
     parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body accepted, in MiB; larger ones get a 413 (default 64; "
                              "1 to 4096)")
@@ -108,8 +110,9 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
                                                   args.prefill_pipeline, args.repartition, device,
                                                   args.prefill_timeout, args.storage)
-            # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force
-            passthrough = ([*passthrough, "--disable-overlap-schedule"] if device == "cpu"
+            # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force; or with
+            # --storage ipc the two processes, their storage shared through CUDA IPC
+            passthrough = (settings.two_process_argv(passthrough, device) if device == "cpu" or args.storage == "ipc"
                            else settings.pdmux_argv(passthrough))
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)

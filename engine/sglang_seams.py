@@ -61,6 +61,7 @@ SEAMS = (
          ("logits_output", "can_run_graph")),
     Seam("forward injection", "sglang.srt.model_executor.forward_batch_info.ForwardBatch.init_new"),
     Seam("worker build", "sglang.srt.runtime_context.get_model"),
+    Seam("worker build", "sglang.srt.managers.tp_worker.TpModelWorker.init_cuda_graphs", ("capture_decode_cuda_graph",)),
     Seam("worker build", "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._resolve_memory_pool_config",
          ("pre_model_load_memory",)),
     Seam("row-parallel hooks", "sglang.srt.plugins.hook_registry.HookRegistry.register"),
@@ -186,20 +187,23 @@ def inject_forward(model_runner, take_injected) -> None:
 @contextmanager
 def worker_build(pool_config):
     """worker build: within this block, a model loads SGLang's `dummy` weights (the worker rebinds
-    them to the owner's; nothing is read from disk) and the memory pools take `pool_config`, the
-    owner's, instead of profiling device memory the owner already holds."""
+    them to the owner's; nothing is read from disk), the memory pools take `pool_config`, the
+    owner's, instead of profiling device memory the owner already holds, and no decode graphs are
+    captured (the worker only prefills)."""
     import copy
 
+    from sglang.srt.managers.tp_worker import TpModelWorker
     from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
     from sglang.srt.runtime_context import get_model
 
-    resolve_config = KVCacheConfigurator._resolve_memory_pool_config
+    resolve_config, init_graphs = KVCacheConfigurator._resolve_memory_pool_config, TpModelWorker.init_cuda_graphs
     KVCacheConfigurator._resolve_memory_pool_config = lambda self, pre_model_load_memory: copy.deepcopy(pool_config)
+    TpModelWorker.init_cuda_graphs = lambda self, capture_decode_cuda_graph=True: init_graphs(self, False)
     try:
         with get_model().override(load_format="dummy"):
             yield
     finally:
-        KVCacheConfigurator._resolve_memory_pool_config = resolve_config
+        KVCacheConfigurator._resolve_memory_pool_config, TpModelWorker.init_cuda_graphs = resolve_config, init_graphs
 
 
 @contextmanager

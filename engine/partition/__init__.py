@@ -54,6 +54,16 @@ class Workers:
     frontend_pids: Callable[[], list[int]] | None = None
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """How a new prefill worker starts on a split's prefill share (a standby, a restart): what it is
+    given before its first instruction. Two splits with the same WorkerStart share one worker."""
+
+    threads: int | None  # torch threads; None: torch's default
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (MPS: its SM percentage)
+    cores: tuple[int, ...] = ()  # CPU cores it is pinned to once it exists; () leaves it unpinned
+
+
 class PartitionBackend(Protocol):
     name: str
     unit: str
@@ -64,5 +74,12 @@ class PartitionBackend(Protocol):
 
     def apply(self, split: Split, workers: Workers) -> dict:
         """Apply the split to the workers; return what is now in force (for the history)."""
+
+    # The two-process engine's owner also asks (cpu, and mps_prefill on GPU):
+    def worker_start(self, split: Split) -> WorkerStart:
+        """How a prefill worker for this split starts."""
+
+    def cores_of(self, role: str) -> list[int]:
+        """The CPU cores `role` computes on now (for the step records; [] on a GPU)."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.partition import InvalidSplit, Split, Workers
+from engine.partition import InvalidSplit, Split, Workers, WorkerStart
 
 
 class CpuCores:
@@ -68,6 +68,9 @@ class CpuCores:
         for pid in workers.frontend_pids() if workers.frontend_pids else ():
             pin_process(pid, self.sets["frontend"])
         return {"cores": self.sets}
+
+    def worker_start(self, split: Split) -> WorkerStart:
+        return WorkerStart(split.prefill, cores=tuple(self.core_sets(split)["prefill"]))
 
     def cores_of(self, role: str) -> list[int]:
         """The cores `role` runs on now (its own, or with the other's while lent)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from typing import Callable
 
-from engine.partition import InvalidSplit, Split, Workers
+from engine.partition import InvalidSplit, Split, Workers, WorkerStart
 
 ROLES = ("prefill", "decode")  # the order in which changed workers are replaced
 PERCENT_VARIABLE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
@@ -76,6 +76,39 @@ class MpsPercent:
             self.in_force[role] = wanted[role]
             replaced.append(role)
         return {"percent": dict(self.in_force), "replaced": replaced}
+
+
+class MpsPrefillShare:
+    """The two-process engine's MPS partition: the decode owner keeps every SM (100%: it is the
+    process that owns the KV cache, and is not replaced), and the prefill worker runs on P percent,
+    given when it starts. A new P starts a standby worker with it, attached to the owner's storage
+    over CUDA IPC and swapped in at a batch boundary (the owner's `--repartition standby`).
+    Not verified on hardware."""
+
+    name = "mps"
+    unit = "percent of SMs"
+    units = 100
+
+    def valid_range(self) -> str:
+        return ("prefill a whole percentage of the GPU's SMs from 1 to 100, decode 100 (under MPS the decode "
+                "owner keeps every SM; 100,100 is unified mode)")
+
+    def check(self, split: Split) -> None:
+        if _share_error("prefill", split.prefill):
+            raise InvalidSplit(f"prefill share {split.prefill!r} is out of range: {self.valid_range()}")
+        if split.decode != 100 or isinstance(split.decode, bool):
+            raise InvalidSplit(f"decode share {split.decode!r} is out of range: {self.valid_range()}")
+
+    def worker_start(self, split: Split) -> WorkerStart:
+        return WorkerStart(None, env=tuple(mps_environment(split.prefill).items()))
+
+    def apply(self, split: Split, workers: Workers) -> dict:
+        """Nothing moves: the worker serving this split was started on its share."""
+        self.check(split)
+        return {"percent": {"prefill": split.prefill, "decode": split.decode}}
+
+    def cores_of(self, role: str) -> list[int]:
+        return []
 
 
 def check_mps_daemon(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> str | None:

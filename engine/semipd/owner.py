@@ -41,15 +41,16 @@ from sglang.srt.model_executor.model_runner import ModelRunnerOutput
 from sglang.srt.runtime_context import get_serving
 
 from contract import split_state
-from engine.partition import InvalidSplit, Split, Workers, parse_split
+from engine.partition import InvalidSplit, Split, Workers, WorkerStart, parse_split
 from engine.partition.cpu import CpuCores, pin_process
+from engine.partition.mps import MpsPrefillShare
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.ipc_storage import new_storage
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import HUNG_AFTER_S, PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
-from engine.semipd.settings import (ENV_CONTROL, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE, ENV_PREFILL_TIMEOUT,
-                                    ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
+from engine.semipd.settings import (ENV_CONTROL, ENV_DEVICE, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE,
+                                    ENV_PREFILL_TIMEOUT, ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
 from engine.semipd.split_log import log_split, new_history, requested_split
 from engine.sglang_seams import inject_forward
 
@@ -61,21 +62,23 @@ IDLE_WAIT_MS = 100
 
 class SemiPDScheduler(Scheduler):
     def __init__(self, server_args, port_args):
-        self._semipd_storage = new_storage(os.environ.get(ENV_STORAGE, "files"), "cpu")
+        device = os.environ.get(ENV_DEVICE, "cpu")
+        self._semipd_storage = new_storage(os.environ.get(ENV_STORAGE, "files"), device)
         super().__init__(server_args, port_args)
         model_runner = self.tp_worker.model_runner
         self._semipd_storage.share_parameters(model_runner.model)
         self._semipd_injected: ModelRunnerOutput | None = None
         inject_forward(model_runner, self._take_injected)
 
-        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "all"))
+        # on a GPU (with --storage ipc) MPS: decode keeps every SM, prefill's share is set at its start
+        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "all")) if device == "cpu" else MpsPrefillShare()
         self.lend_idle_cores = os.environ.get(ENV_LEND_IDLE) == "1"
         split = parse_split(os.environ.get(ENV_SPLIT, "1,1"))
         self.partition.check(split)
         self._server_args = server_args
         self._mailboxes = mailboxes(self._semipd_storage)
         self._semipd_storage.publish(pool_config=model_runner.memory_pool_config)  # before any worker starts
-        self.prefill_link = self._start_worker(split.prefill)
+        self.prefill_link = self._start_worker(split)
         self.prefill_link.wait_ready()
         self.steps: deque[dict] = deque(maxlen=STEP_RECORDS)
         self.split_history: deque[dict] = new_history()
@@ -95,10 +98,16 @@ class SemiPDScheduler(Scheduler):
         self.apply_split(split, who="launch")
         self.control = ControlServer(os.environ[ENV_CONTROL])
 
-    def _start_worker(self, threads: int) -> PrefillLink:
-        return PrefillLink(self._server_args, self._semipd_storage, threads, self._mailboxes,
+    def _start_worker(self, split: Split) -> PrefillLink:
+        """A prefill worker on `split`'s prefill share from its start: pinned to its cores on CPU,
+        its SM percentage on a GPU."""
+        start = self.partition.worker_start(split)
+        link = PrefillLink(self._server_args, self._semipd_storage, start.threads, self._mailboxes,
                            depth=int(os.environ.get(ENV_PIPELINE, PIPELINE_DEPTH)),
-                           hung_after_s=float(os.environ.get(ENV_PREFILL_TIMEOUT, HUNG_AFTER_S)))
+                           hung_after_s=float(os.environ.get(ENV_PREFILL_TIMEOUT, HUNG_AFTER_S)), env=dict(start.env))
+        if start.cores:
+            pin_process(link.pid, list(start.cores))
+        return link
 
     @property
     def unified(self) -> bool:
@@ -328,7 +337,7 @@ class SemiPDScheduler(Scheduler):
         self._cancel_standby()
         in_force, units = self.split, self.partition.units
         self.prefill_link.stop()
-        self.prefill_link = self._start_worker(units)
+        self.prefill_link = self._start_worker(Split(units, units))
         self.semipd_metrics.record_worker_death(exc.cause)
         self.apply_split(Split(units, units), who=f"prefill worker died ({exc}); unified until a new one is ready",
                          event="prefill worker died")
@@ -342,16 +351,20 @@ class SemiPDScheduler(Scheduler):
         except RuntimeError as exc:
             logger.error("a new prefill worker failed to start: %s; trying again", exc)
             self.prefill_link.stop()
-            self.prefill_link = self._start_worker(self.partition.units)
+            self.prefill_link = self._start_worker(Split(self.partition.units, self.partition.units))
             return
         if ready:
             split, self.resume_split = self.resume_split, None
-            self.worker_split = split  # (pinned to its share now: it has served nothing yet)
+            self.worker_split = Split(self.partition.units, self.partition.units)  # what it was started on
+            if self._needs_standby(split):  # its share is fixed at its start (MPS, --repartition standby)
+                self._start_standby(split, "a new prefill worker is ready")
+                return
+            self.worker_split = split  # (moved to its share now: it has served nothing yet)
             self.apply_split(split, who="a new prefill worker is ready", event="prefill worker replaced")
 
     # -- a standby worker (--repartition standby) ---------------------------------------------
-    def _prefill_share(self, split: Split) -> list[int]:
-        return self.partition.core_sets(split)["prefill"]
+    def _prefill_share(self, split: Split) -> WorkerStart:
+        return self.partition.worker_start(split)
 
     def _needs_standby(self, split: Split) -> bool:
         """Standby mode: a split whose prefill share is not the active worker's needs a new worker
@@ -366,9 +379,7 @@ class SemiPDScheduler(Scheduler):
             self.standby = (self.standby[0], split, who)
             return
         self._cancel_standby()
-        link = self._start_worker(split.prefill)
-        pin_process(link.pid, self._prefill_share(split))  # its share from the start
-        self.standby = (link, split, who)
+        self.standby = (self._start_worker(split), split, who)
 
     def _cancel_standby(self) -> None:
         if self.standby is not None:

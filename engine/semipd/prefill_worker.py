@@ -132,11 +132,14 @@ def die_with_owner(owner_pid: int, leftovers: list[str]) -> None:
         on_signal(signal.SIGTERM, None)
 
 
-def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int, owner_pid: int,
-                       order_handles: tuple[list, list] | None = None) -> None:
-    """Entry point of the prefill worker process (started with `spawn` by the owner); on a GPU,
-    `order_handles` are the IPC handles of the owner's StepOrder events."""
+def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: int | None, owner_pid: int,
+                       order_handles: tuple[list, list] | None = None, env: dict[str, str] | None = None) -> None:
+    """Entry point of the prefill worker process (started with `spawn` by the owner). `env` is set
+    before anything initializes CUDA (MPS reads the SM percentage when the context is created); on a
+    GPU `order_handles` are the IPC handles of the owner's StepOrder events."""
     import tempfile
+
+    os.environ.update(env or {})
 
     # SGLang's scheduler metrics of this process would shadow the owner's (same labels): keep
     # them out of the directory that /metrics reads.
@@ -151,7 +154,8 @@ def run_prefill_worker(server_args, storage_dir: str, endpoint: str, threads: in
     from engine.semipd.ipc_storage import attach_storage
 
     backend.register()  # this process builds its own model runner
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
     scheduler_module.configure_scheduler_process(server_args, 0)
     die_with_owner(owner_pid, [storage_dir, metrics_dir])  # after SGLang's own parent-death SIGKILL, replacing it
@@ -260,8 +264,8 @@ class PrefillLink:
     time the worker sat idle while a request of its next batch was already queued
     (`idle_with_work_s`), the cost the pipeline removes."""
 
-    def __init__(self, server_args, storage, threads: int, slots: list[tuple[Mailbox, Mailbox]],
-                 depth: int = PIPELINE_DEPTH, hung_after_s: float = HUNG_AFTER_S):
+    def __init__(self, server_args, storage, threads: int | None, slots: list[tuple[Mailbox, Mailbox]],
+                 depth: int = PIPELINE_DEPTH, hung_after_s: float = HUNG_AFTER_S, env: dict[str, str] | None = None):
         import multiprocessing
 
         if not 1 <= depth <= len(slots):
@@ -278,7 +282,7 @@ class PrefillLink:
         self.process = multiprocessing.get_context("spawn").Process(
             target=run_prefill_worker, name="semipd-prefill", daemon=True,
             args=(server_args, str(storage.directory), self.endpoint, threads, os.getpid(),
-                  self.order.handles() if self.order else None))
+                  self.order.handles() if self.order else None, env))
         self.process.start()
         self.seq = 0
         self.ready = False

@@ -23,6 +23,7 @@ STORAGE_CHOICES = ("files", "ipc")
 PREFILL_TIMEOUT_RANGE_S = (0.5, 3600.0)
 REPARTITION_CHOICES = ("live", "standby")
 CPU_SPLIT = "1,1"  # the default split on CPU (cores); on GPU the menu's most even SM pair
+GPU_MPS_SPLIT = "50,100"  # GPU two-process default (percent of SMs): decode keeps all, prefill half
 # SGLang flags that PD multiplexing (GPU semi-pd) cannot run with: flag -> (the value it needs, or
 # None for a flag it refuses outright; what the flag is).
 PDMUX_CONFLICTS = {"--pp-size": ("1", "pipeline parallelism"),
@@ -58,16 +59,29 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
         if repartition == "standby" and lend_idle_cores:
             raise ValueError("--repartition standby gives the prefill worker its share once, at start; "
                              "--lend-idle-cores moves it every step: use one or the other")
+    elif storage == "ipc":  # the paper's two processes on a GPU, partitioned by MPS
+        from engine.partition.mps import MpsPrefillShare, check_mps_daemon
+
+        split_text = split_text or GPU_MPS_SPLIT
+        MpsPrefillShare().check(parse_split(split_text))
+        cpu_only = [flag for flag, used in (("--lend-idle-cores", lend_idle_cores),
+                                            ("--frontend-cores", frontend_cores != "all")) if used]
+        if cpu_only:
+            raise ValueError(f"{', '.join(cpu_only)}: CPU only; on a GPU the workers' shares are MPS percentages")
+        problem = check_mps_daemon()
+        if problem:
+            raise ValueError(f"--storage ipc on a GPU partitions it with MPS: {problem}")
+        repartition = "standby"  # an MPS client's share is fixed when it starts
     else:
         if split_text:
             parse_split(split_text)
         cpu_only = [flag for flag, used in (("--lend-idle-cores", lend_idle_cores),
                                             ("--frontend-cores", frontend_cores != "all"),
-                                            ("--repartition standby", repartition == "standby"),
-                                            ("--storage ipc", storage == "ipc")) if used]
+                                            ("--repartition standby", repartition == "standby")) if used]
         if cpu_only:
             raise ValueError(f"{', '.join(cpu_only)}: CPU only; on GPU semi-pd runs on SGLang's PD "
-                             "multiplexing, one process whose split moves between stream groups")
+                             "multiplexing (unless --storage ipc), one process whose split moves between "
+                             "stream groups")
         split_text = split_text or ""
     endpoint = f"ipc:///tmp/semipd-control-{port}-{os.getpid()}.sock"
     os.environ[ENV_SPLIT] = split_text
@@ -99,6 +113,23 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def two_process_argv(passthrough: list[str], device: str) -> list[str]:
+    """The user's SGLang flags plus what the two-process engine needs; on a GPU, ValueError naming
+    each flag or setting whose memory legacy CUDA IPC cannot share."""
+    if device != "cpu":
+        from types import SimpleNamespace
+
+        from engine.semipd.cuda_ipc_storage import CUSTOM_POOLS, refusals
+
+        given = {flag.removeprefix("--").replace("-", "_"): flag_value(passthrough, flag) is not None
+                 for flag in ("--enable-memory-saver", *CUSTOM_POOLS)}
+        refused = refusals(SimpleNamespace(**given), dict(os.environ))
+        if refused:
+            raise ValueError("--storage ipc shares the owner's memory through CUDA IPC, which rules out: "
+                             + "; ".join(refused))
+    return passthrough if "--disable-overlap-schedule" in passthrough else [*passthrough, "--disable-overlap-schedule"]
+
+
 def pdmux_argv(passthrough: list[str]) -> list[str]:
     """The user's SGLang flags plus what GPU semi-pd needs (SGLang's PD multiplexing); ValueError
     naming a flag it cannot run with."""
@@ -116,8 +147,9 @@ def pdmux_argv(passthrough: list[str]) -> list[str]:
 
 
 def semipd_scheduler_class():
-    """The scheduler class of semi-pd mode (imported in the scheduler process only: heavy)."""
-    if os.environ.get(ENV_DEVICE, "cpu") != "cpu":
+    """The scheduler class of semi-pd mode (imported in the scheduler process only: heavy): the
+    two-process owner on CPU, and on a GPU with --storage ipc; else on a GPU SGLang's pdmux."""
+    if os.environ.get(ENV_DEVICE, "cpu") != "cpu" and os.environ.get(ENV_STORAGE, "files") != "ipc":
         from engine.semipd.pdmux_owner import PdmuxSemiPDScheduler
 
         return PdmuxSemiPDScheduler

@@ -5,6 +5,7 @@ checked by name, shape and dtype. On CUDA the same code carries cudaIpcMemHandle
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -112,10 +113,51 @@ def test_file_storage_is_attached_as_files_and_bad_kinds_are_refused(tmp_path):
         new_storage("nfs", "cpu")
 
 
-def test_serve_refuses_a_bad_storage_and_ipc_storage_on_gpu():
+def test_serve_refuses_a_bad_storage():
     from engine.semipd import settings
 
     with pytest.raises(ValueError, match="--storage 'nfs': valid are files, ipc"):
         settings.configure("1,1", 30000, storage="nfs")
-    with pytest.raises(ValueError, match="--storage ipc: CPU only"):
-        settings.configure("", 30000, device="cuda", storage="ipc")
+
+
+@pytest.fixture
+def settings_env(monkeypatch):
+    """configure() exports its settings: restored after the test."""
+    from engine.semipd import settings
+
+    for name in dir(settings):
+        if name.startswith("ENV_"):
+            monkeypatch.delenv(getattr(settings, name), raising=False)
+    return settings
+
+
+def test_ipc_storage_on_a_gpu_is_the_two_processes_under_mps(settings_env, monkeypatch):
+    import engine.partition.mps as mps
+    from engine.partition import InvalidSplit
+
+    settings = settings_env
+    with pytest.raises(ValueError, match="partitions it with MPS: .*nvidia-cuda-mps-control"):
+        settings.configure(None, 30000, device="cuda", storage="ipc")  # no MPS daemon on this machine
+    monkeypatch.setattr(mps, "check_mps_daemon", lambda: None)
+    with pytest.raises(InvalidSplit, match="decode share 80"):
+        settings.configure("50,80", 30000, device="cuda", storage="ipc")
+    with pytest.raises(ValueError, match="--lend-idle-cores: CPU only"):
+        settings.configure(None, 30000, lend_idle_cores=True, device="cuda", storage="ipc")
+    settings.configure(None, 30000, device="cuda", storage="ipc")
+    assert os.environ[settings.ENV_SPLIT] == "50,100" and os.environ[settings.ENV_REPARTITION] == "standby"
+    assert settings.semipd_scheduler_class().__name__ == "SemiPDScheduler"  # not pdmux's
+    monkeypatch.setenv(settings.ENV_STORAGE, "files")
+    assert settings.semipd_scheduler_class().__name__ == "PdmuxSemiPDScheduler"
+
+
+def test_what_cuda_ipc_cannot_share_is_refused_by_name_before_start(monkeypatch):
+    from engine.semipd.settings import two_process_argv
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert two_process_argv(["--tp-size", "1"], "cuda") == ["--tp-size", "1", "--disable-overlap-schedule"]
+    with pytest.raises(ValueError, match="--enable-memory-saver: .*; --enable-symm-mem"):
+        two_process_argv(["--enable-memory-saver", "--enable-symm-mem"], "cuda")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    with pytest.raises(ValueError, match="expandable_segments"):
+        two_process_argv([], "cuda")
+    assert two_process_argv(["--enable-memory-saver"], "cpu")[-1] == "--disable-overlap-schedule"  # CPU: files or shm

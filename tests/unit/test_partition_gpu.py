@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.partition import InvalidSplit, Split, Workers
+from engine.partition import InvalidSplit, Split, Workers, WorkerStart
 from engine.partition.green_contexts import (GreenContexts, SmGranularity, StreamTable, hand_over,
                                              sgl_kernel_device_split, sm_granularity, switch_order)
-from engine.partition.mps import MpsPercent, check_mps_daemon, mps_environment
+from engine.partition.cpu import CpuCores
+from engine.partition.mps import MpsPercent, MpsPrefillShare, check_mps_daemon, mps_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,6 +144,31 @@ def test_mps_control_not_installed():
 def test_mps_daemon_timeout():
     message = check_mps_daemon(run=FakeRun(raises=subprocess.TimeoutExpired("nvidia-cuda-mps-control", 10)))
     assert message is not None and "did not answer" in message
+
+
+# --- the two-process engine's partitions: how a prefill worker starts -----------------------------
+
+@pytest.mark.parametrize("split", [Split(50, 80), Split(0, 100), Split(101, 100), Split(50, True)])
+def test_under_mps_the_decode_owner_keeps_every_sm_and_prefill_is_a_percentage(split):
+    role = "decode" if 1 <= split.prefill <= 100 else "prefill"
+    with pytest.raises(InvalidSplit, match=f"{role} share .* out of range: prefill a whole percentage.*decode 100"):
+        MpsPrefillShare().check(split)
+
+
+def test_an_mps_prefill_worker_starts_with_its_percentage_and_nothing_moves_live():
+    share, calls = MpsPrefillShare(), []
+    for ok in (Split(30, 100), Split(100, 100)):
+        share.check(ok)
+    assert share.worker_start(Split(30, 100)) == WorkerStart(None, env=(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "30"),))
+    assert share.worker_start(Split(30, 100)) != share.worker_start(Split(40, 100))  # a standby per share
+    assert share.apply(Split(30, 100), fake_workers(calls)) == {"percent": {"prefill": 30, "decode": 100}}
+    assert calls == [] and share.cores_of("decode") == []
+
+
+def test_a_cpu_prefill_worker_starts_pinned_to_its_cores_with_as_many_threads():
+    cores = CpuCores(cores=[0, 1, 2, 3])
+    assert cores.worker_start(Split(3, 1)) == WorkerStart(3, cores=(0, 1, 2))
+    assert cores.worker_start(Split(3, 1)) == cores.worker_start(Split(3, 4))  # decode's share: same worker
 
 
 # --- green contexts --------------------------------------------------------------------------------
