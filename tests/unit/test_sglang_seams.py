@@ -13,7 +13,8 @@ def test_the_installed_sglang_is_the_pinned_one_and_every_seam_fits():
     assert sglang_seams.installed_version() == PINNED
     assert check_seams() == []
     assert {s.name for s in SEAMS} == {"launch", "scheduler class", "scheduler process", "scheduler loop",
-                                       "forward injection", "row-parallel hooks", "HTTP app", "attention backend", "pdmux"}
+                                       "forward injection", "row-parallel hooks", "HTTP app", "attention backend", "pdmux",
+                                       "worker build"}
 
 
 def test_a_seam_that_is_gone_or_lost_a_parameter_is_named():
