@@ -25,8 +25,12 @@ ROUTER_POLICIES = {"cache-aware": "cache_aware", "round-robin": "round_robin"}
 # Health checks every 2 s, three misses to mark an engine down, one answer to bring it back. A dead
 # engine refuses at once (down in about 6 s); a busy one may take seconds to answer: an engine of one
 # core under load, whose HTTP process shares that core, missed 2 s and was dropped while serving.
+# Until then the circuit breaker keeps requests off it: open after 3 failed sends (the default, 10,
+# let all 5 retries of a request sent just after a kill go to the dead engine and fail it), tried
+# again after 5 s.
 ROUTER_HEALTH = ["--health-check-interval-secs", "2", "--health-check-timeout-secs", "10",
-                 "--health-failure-threshold", "3", "--health-success-threshold", "1"]
+                 "--health-failure-threshold", "3", "--health-success-threshold", "1",
+                 "--cb-failure-threshold", "3", "--cb-timeout-duration-secs", "5"]
 
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU NVIDIA's driver has

@@ -24,6 +24,13 @@ class ServerStartError(RuntimeError):
     pass
 
 
+class PortTaken(ServerStartError):
+    """Another process listens on the server's port (it would otherwise hang, never answering)."""
+
+
+PORT_TAKEN = b"address already in use"  # uvicorn's bind error, in the server's log
+
+
 @dataclass
 class ServerProcess:
     command: list[str]
@@ -54,6 +61,10 @@ class ServerProcess:
                 raise ServerStartError(
                     f"{self.command[0]} exited with code {self.process.returncode} while starting; "
                     f"last log lines:\n{self.log_tail()}")
+            if self.port_taken():
+                self.stop()
+                raise PortTaken(f"{self.url}: the port is taken by another process; last log lines:\n"
+                                f"{self.log_tail()}")
             try:
                 if httpx.get(self.url + health_path, timeout=2.0).status_code == 200:
                     self.ready_after_s = time.monotonic() - self.started_at
@@ -64,6 +75,14 @@ class ServerProcess:
         self.stop()
         raise ServerStartError(f"{self.url} did not answer within {timeout_s:.0f} s; last log lines:\n"
                                f"{self.log_tail()}")
+
+    def port_taken(self) -> bool:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                return PORT_TAKEN in log.read().lower()
+        except OSError:
+            return False
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stack.fleet import Fleet, semipd_engine
-from stack.server_process import ServerProcess
+from stack.server_process import PortTaken, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SEMIPD = [sys.executable, "-m", "cli.main"]
@@ -56,11 +56,18 @@ def running_fleet(model: Path, folder: Path, groups: list[list[int]], env: dict,
 
 
 def start_semipd_server(model: Path, log_dir: Path, *extra: str, port: int | None = None) -> ServerProcess:
-    port = port or free_port()
-    command = [*SEMIPD, "serve", "--model", str(model), "--port", str(port), *extra]
-    server = ServerProcess(command, f"http://127.0.0.1:{port}", log_dir / f"server-{port}.log",
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return server.start(timeout_s=240)
+    """`semipd serve` on loopback, once ready. A free port chosen here can be taken before the server
+    binds it (SGLang picks its own internal ports meanwhile): then a second one is tried."""
+    for attempt in range(1 if port else 2):
+        chosen = port or free_port()
+        command = [*SEMIPD, "serve", "--model", str(model), "--port", str(chosen), *extra]
+        server = ServerProcess(command, f"http://127.0.0.1:{chosen}", log_dir / f"server-{chosen}.log",
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            return server.start(timeout_s=240)
+        except PortTaken:
+            if port or attempt:
+                raise
 
 
 def post_declaring(url: str, path: str, length: int) -> tuple[int, str]:
