@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="semi-pd only: compute shares of prefill and decode; on CPU a number of "
                              "cores each (may overlap), default 1,1; on GPU streaming multiprocessors, "
                              "one of the menu of SM splits built at start (GET /semipd/split lists it), "
-                             "default its most even; changed live with POST /semipd/split")
+                             "default its most even (with --storage ipc: percent of SMs, P,100, default "
+                             "50,100); changed live with POST /semipd/split")
     parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="all",
                         help="semi-pd on CPU: where SGLang's HTTP/tokenizer and detokenizer processes run: "
                              "on all cores (default), the prefill worker's, or decode's")

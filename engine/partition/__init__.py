@@ -75,7 +75,7 @@ class PartitionBackend(Protocol):
     def apply(self, split: Split, workers: Workers) -> dict:
         """Apply the split to the workers; return what is now in force (for the history)."""
 
-    # The two-process engine's owner also asks (cpu, and mps_prefill on GPU):
+    # The two-process engine's owner also asks (CpuCores, and MpsPrefillShare on a GPU):
     def worker_start(self, split: Split) -> WorkerStart:
         """How a prefill worker for this split starts."""
 
