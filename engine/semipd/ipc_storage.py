@@ -37,9 +37,10 @@ MANIFEST_FILE = "manifest.pkl"
 def allocate(shape, dtype: torch.dtype, device: str) -> torch.Tensor:
     """A zero tensor the owner can share. On CPU it is made in shared memory at once: its pages
     stay unallocated until written (like a sparse file) and sharing it later copies nothing."""
-    if device != "cpu" or nbytes_of(shape, dtype) == 0:
+    nbytes = nbytes_of(shape, dtype)
+    if device != "cpu" or nbytes == 0:
         return torch.empty(shape, dtype=dtype, device=device).zero_()  # not torch.zeros: it may be routed here
-    storage = torch.UntypedStorage._new_shared(nbytes_of(shape, dtype))
+    storage = torch.UntypedStorage._new_shared(nbytes)
     return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(int(d) for d in shape))
 
 

@@ -218,7 +218,7 @@ def run_forward(message: ForwardRequest, model_runner, slots: list[tuple[Mailbox
     batch_box, logits_box = slots[slot]
     try:
         if order is not None:
-            stream = stream or torch.cuda.current_stream()
+            stream = stream or current_stream()
             order.batch.before_reading(slot, stream)
         forward_batch = batch_box.unpack(message.forward_batch)
         attach_to_runner(forward_batch, model_runner)
