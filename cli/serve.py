@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cores each (may overlap), default 1,1; on GPU streaming multiprocessors, "
                              "one of the menu of SM splits built at start (GET /semipd/split lists it), "
                              "default its most even (with --storage ipc: percent of SMs, P,100, default "
-                             "50,100); changed live with POST /semipd/split")
+                             "50,100; with --gpu-partition green-contexts SM counts P,D making up the GPU, "
+                             "default the most even); changed live with POST /semipd/split")
     parser.add_argument("--frontend-cores", choices=("prefill", "decode", "all"), default="all",
                         help="semi-pd on CPU: where SGLang's HTTP/tokenizer and detokenizer processes run: "
                              "on all cores (default), the prefill worker's, or decode's")
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "processes over CUDA IPC with MPS shares (--split P,100: decode keeps every SM, a "
                              "new P starts a standby worker; needs the MPS daemon; not verified on hardware) "
                              "instead of SGLang's PD multiplexing")
+    parser.add_argument("--gpu-partition", choices=("mps", "green-contexts"), default="mps",
+                        help="semi-pd with --storage ipc on a GPU: how the SMs are shared out: mps (default, the "
+                             "paper's: decode keeps every SM, prefill's percentage is set when its worker starts) "
+                             "or green-contexts (disjoint SM counts, both workers moved live at a batch boundary; "
+                             "needs --disable-cuda-graph). Not verified on hardware")
     parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB",
                         help="largest request body accepted, in MiB; larger ones get a 413 (default 64; "
                              "1 to 4096)")
@@ -110,11 +116,11 @@ def run(args: argparse.Namespace, passthrough: list[str]) -> int:
         try:
             control_endpoint = settings.configure(args.split, args.port, args.lend_idle_cores, args.frontend_cores,
                                                   args.prefill_pipeline, args.repartition, device,
-                                                  args.prefill_timeout, args.storage)
+                                                  args.prefill_timeout, args.storage, args.gpu_partition)
             # GPU: SGLang's PD multiplexing, its stream group chosen by the split in force; or with
             # --storage ipc the two processes, their storage shared through CUDA IPC
-            passthrough = (settings.two_process_argv(passthrough, device) if device == "cpu" or args.storage == "ipc"
-                           else settings.pdmux_argv(passthrough))
+            passthrough = (settings.two_process_argv(passthrough, device, args.gpu_partition)
+                           if device == "cpu" or args.storage == "ipc" else settings.pdmux_argv(passthrough))
         except InvalidSplit as exc:
             print(f"semipd serve: --split: {exc}", file=sys.stderr)
             return 2

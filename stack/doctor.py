@@ -4,8 +4,9 @@ Two engines on the embedded tiny model (unified and semi-pd, float32 so that gre
 compared token for token), then: the same greedy output from both; one KV pool (a prompt sent
 again reuses the KV its first prefill wrote); the split acting on compute (decode's time per
 token at its smallest and largest share); and re-partitions under load with no request failed.
-On a GPU the engine is the pdmux one (engine/semipd/pdmux_owner.py) and `engine/gpu_probe.py`
-adds torch-only checks first. Each check is a plain function over HTTP; the engines are real.
+On a GPU the engine is the pdmux one (engine/semipd/pdmux_owner.py), or with `--storage ipc` the
+two processes under MPS or green contexts, and `engine/gpu_probe.py` adds torch-only checks first.
+Each check is a plain function over HTTP; the engines are real.
 """
 
 from __future__ import annotations
@@ -71,6 +72,18 @@ def set_split(url: str, split) -> int:
                       headers={"x-semipd-who": "semipd doctor"}).status_code
 
 
+def settle(url: str, split, timeout_s: float = 600.0) -> None:
+    """Set `split` and wait until it is in force (under MPS a new prefill worker starts for it)."""
+    set_split(url, split)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = split_state(url)
+        if (state["split"]["prefill"], state["split"]["decode"]) == tuple(split) and not state.get("pending"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"split {split[0]},{split[1]} was not in force after {timeout_s:.0f} s")
+
+
 def valid_splits(state: dict) -> list[tuple[int, int]]:
     """Every split the engine takes: its menu on GPU, every pair of shares on CPU."""
     if state.get("menu"):
@@ -79,25 +92,43 @@ def valid_splits(state: dict) -> list[tuple[int, int]]:
     return list(itertools.product(shares, shares))
 
 
+def compared_splits(splits: list[tuple[int, int]], units: int) -> tuple[str, tuple] | None:
+    """The phase whose time shows the split, and its two splits to compare: decode at its smallest
+    and largest share among disjoint splits (overlapping CPU shares oversubscribe cores); under MPS,
+    where decode keeps every SM, prefill at its smallest and largest share; None if neither varies."""
+    disjoint = sorted((s for s in splits if s[0] + s[1] <= units), key=lambda s: (s[1], -s[0]))
+    if disjoint and disjoint[0][1] != disjoint[-1][1]:
+        return "decode", (disjoint[0], disjoint[-1])
+    partial = sorted((s for s in splits if s[0] < units), key=lambda s: s[0])
+    if not disjoint and partial and partial[0][0] != partial[-1][0] and len({s[1] for s in partial}) == 1:
+        return "prefill", (partial[0], partial[-1])
+    return None
+
+
 def split_effect(url: str, splits: list[tuple[int, int]], units: int, judged: bool) -> Check:
-    """Decode's time per output token at its smallest and at its largest share (no prefill
-    meanwhile). Judged on a GPU (an SM share must show); on CPU reported only: the tiny model's
-    steps are too small for a second thread to matter (the tests read the cores back instead)."""
-    disjoint = [s for s in splits if s[0] + s[1] <= units]  # overlapping CPU shares oversubscribe cores
-    by_decode = sorted(disjoint, key=lambda s: (s[1], -s[0]))
-    if not by_decode or by_decode[0][1] == by_decode[-1][1]:
+    """The compared phase's p50 time (decode: per output token, 8 requests decoding and none
+    prefilling; prefill: to the first token of 8 long prompts) at its two splits. Judged on a GPU
+    (an SM share must show); on CPU reported only: the tiny model's steps are too small for a
+    second thread to matter (the tests read the cores back instead)."""
+    compared = compared_splits(splits, units)
+    if compared is None:
         return Check("the split acts on compute", None,
                      f"one decode share among the disjoint splits of {units} units: nothing to compare")
+    phase, ends = compared
+    if phase == "decode":
+        what, metric, prompts, new_tokens = "decode p50 time per token", "tpot_s", [prompt(16, seed=900 + i) for i in range(8)], 96
+    else:
+        what, metric, prompts, new_tokens = "prefill p50 time to first token", "ttft_s", [prompt(1500, seed=900 + i) for i in range(8)], 1
     measured = {}
-    for split in (by_decode[0], by_decode[-1]):
-        set_split(url, split)
-        records = asyncio.run(run_concurrently(url, [prompt(16, seed=900 + i) for i in range(8)], 96))
-        tpots = sorted(r.tpot_s for r in records if r.tpot_s)
-        measured[split] = tpots[len(tpots) // 2]
+    for split in ends:
+        settle(url, split)
+        records = asyncio.run(run_concurrently(url, prompts, new_tokens))
+        times = sorted(getattr(r, metric) for r in records if getattr(r, metric))
+        measured[split] = times[len(times) // 2]
     (small, slow), (large, fast) = measured.items()
     ratio = slow / fast
     return Check("the split acts on compute", ratio > 1.1 if judged else None,
-                 f"decode p50 time per token {slow * 1e3:.1f} ms at split {small[0]},{small[1]} and "
+                 f"{what} {slow * 1e3:.1f} ms at split {small[0]},{small[1]} and "
                  f"{fast * 1e3:.1f} ms at {large[0]},{large[1]} ({ratio:.2f}x)")
 
 
@@ -126,14 +157,17 @@ def free_port(start: int) -> int:
     return next(p for p in range(start, start + 200) if not port_in_use("127.0.0.1", p))
 
 
-def engine_checks(model: Path, device: str, workdir: Path, requests: int, moves: int, say=print) -> list[Check]:
+def engine_checks(model: Path, device: str, workdir: Path, requests: int, moves: int, say=print,
+                  semipd_flags: tuple[str, ...] = (), sglang_flags: tuple[str, ...] = ()) -> list[Check]:
+    """`semipd_flags` go to the semi-pd engine (its storage, its GPU partition); `sglang_flags`
+    (passed through to SGLang) to both."""
     serve = [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--device", device,
              "--dtype", "float32"]
     unified_port = free_port(30500)
     semipd_port = free_port(unified_port + 1)
-    servers = [ServerProcess([*serve, "--mode", mode, "--port", str(port)], f"http://127.0.0.1:{port}",
-                             workdir / f"{mode}.log")
-               for mode, port in (("unified", unified_port), ("semi-pd", semipd_port))]
+    servers = [ServerProcess([*serve, "--mode", mode, "--port", str(port), *flags, *sglang_flags],
+                             f"http://127.0.0.1:{port}", workdir / f"{mode}.log")
+               for mode, port, flags in (("unified", unified_port, ()), ("semi-pd", semipd_port, semipd_flags))]
     try:
         say("starting a unified and a semi-pd engine (logs in %s) ..." % workdir)
         for server in servers:

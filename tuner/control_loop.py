@@ -28,13 +28,15 @@ MAX_BACKOFF_S = 30.0
 
 
 
-def nearest_in_menu(split: tuple[int, int], menu: list | None) -> tuple[int, int]:
-    """An engine with a menu of splits (GPU semi-pd: the SM splits built at start) takes only
-    those: the policy's split becomes the pair whose prefill share is nearest (the even one on a tie)."""
-    if not menu:
-        return split
+def nearest_in_menu(split: tuple[int, int], menu: list | None, units: int) -> tuple[int, int]:
+    """An engine with a menu of splits (GPU semi-pd: pdmux's SM splits built at start, the MPS
+    percentages or green-context sizes it takes) takes only those: a split of the menu stays; any
+    other becomes the pair whose prefill share of the device is nearest to the policy's (the even
+    one on a tie). Under MPS (P,100) the policy's prefill share is P percent."""
+    if not menu or list(split) in [list(pair) for pair in menu]:
+        return tuple(split)
     share = split[0] / (split[0] + split[1])
-    return tuple(min(menu, key=lambda pair: (abs(pair[0] / sum(pair) - share), abs(pair[0] - pair[1]))))
+    return tuple(min(menu, key=lambda pair: (abs(pair[0] / units - share), abs(pair[0] - pair[1]))))
 
 class NothingToTune(RuntimeError):
     pass
@@ -161,7 +163,7 @@ class Tuner:
         self.last_reason = self.windows[-1]["reason"] = decision.reason
         if decision.split is None:
             return
-        new = nearest_in_menu(tuple(decision.split), (self.split_state or {}).get("menu"))
+        new = nearest_in_menu(tuple(decision.split), (self.split_state or {}).get("menu"), units)
         if new == split:
             return
         self.counts["decisions"] += 1

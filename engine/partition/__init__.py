@@ -1,7 +1,8 @@
 """Compute partitions for the two semi-PD workers: one small interface, one backend per device.
 
 Backends: `cpu` (cores by affinity and thread count, live; engine/partition/cpu.py), and for
-GPUs `mps` and `green_contexts` (not verified on hardware).
+GPUs `mps` and `green_contexts` for the two-process engine, `sm_groups` for SGLang's PD
+multiplexing (none verified on hardware).
 
 A split gives each worker a compute share: on CPU a number of cores, on GPU a percentage of the
 streaming multiprocessors. Shares may overlap (the semi-PD paper's 100/100 lets the device share
@@ -43,12 +44,8 @@ class Workers:
 
     pids: Callable[[], dict[str, int]]  # role ("prefill" | "decode") -> pid
     set_threads: Callable[[str, int], None]
-    # mps: start a standby worker for this role with these extra environment variables, attach it
-    # to the shared storage, and swap it in after the active worker's current iteration; returns
-    # when the swap is done.
-    replace_worker: Callable[[str, dict[str, str]], None] | None = None
     # green_contexts: this role's worker moves to its own stream of this split at its next batch
-    # boundary (after handing over from the old one); returns once it has.
+    # boundary, after the side that gave up SMs has released them (green_contexts.OwnerStreams).
     use_stream: Callable[[str, Split], None] | None = None
     # cpu: the front end's processes (HTTP + tokenizer, detokenizer), placed with the split.
     frontend_pids: Callable[[], list[int]] | None = None

@@ -10,11 +10,18 @@ plain stream of the whole device.
 A CUDA stream belongs to its process, so nothing crosses between workers but the split: each
 worker keeps a `StreamTable` and makes the same device split the first time it is asked for
 (the same call in each process is assumed to give the group the same SMs: not verified on
-hardware). The owner asks each worker to move (`Workers.use_stream(role, split)`, which returns
-once that worker runs on its new stream); a worker moves at its next batch boundary after
-`hand_over`, so its next batch starts after its last. The side that shrinks moves first
-(`switch_order`): the two never run on the same SMs, even between the two moves.
+hardware). The side that shrinks moves first (`switch_order`), so the two never run on the same
+SMs, even between the two moves, and neither process waits on the host for the other:
 
+- decode shrinks: the owner moves its own stream at once and records `decode_released` on the old
+  one; the worker, told to move (`UseSplit`), makes its new stream wait on that event.
+- prefill shrinks: the owner tells the worker, which moves at its next batch boundary (it reads
+  the message after its current batch), records `prefill_released` on its old stream and answers
+  `Moved`; only then does the owner move, its new stream waiting on that event. Decode runs on its
+  old share meanwhile, and a further split waits (`OwnerStreams.moving`).
+
+Correctness never depends on this: each prefill step's KV is ordered by its own events
+(engine/semipd/cuda_ipc_storage.py `StepOrder`); the moves only keep the shares apart.
 Under MPS, CUDA_MPS_ACTIVE_THREAD_PERCENTAGE overrides green-context partitions.
 """
 
@@ -24,7 +31,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.partition import InvalidSplit, Split, Workers
+from engine.partition import InvalidSplit, Split, Workers, WorkerStart
 
 ROLES = ("prefill", "decode")
 
@@ -68,6 +75,14 @@ def sgl_kernel_device_split(device_id: int = 0) -> Callable[[int, int], tuple[ob
     return split
 
 
+def device_stream_table(device_id: int = 0) -> "StreamTable":
+    """This process's stream table on a CUDA device (not verified on hardware)."""
+    import torch
+
+    sms = torch.cuda.get_device_properties(device_id).multi_processor_count
+    return StreamTable(sms, sgl_kernel_device_split(device_id), torch.cuda.Stream)
+
+
 class StreamTable:
     """One worker process's streams: the device split of each split asked for, made once."""
 
@@ -95,6 +110,101 @@ def hand_over(old_stream, new_stream, make_event: Callable[[], object]) -> None:
     event = make_event()
     event.record(old_stream)
     new_stream.wait_event(event)
+
+
+@dataclass(frozen=True)
+class UseSplit:
+    """The owner to the prefill worker: run on `split`'s prefill stream from your next batch on;
+    `after_decode`: decode gave up SMs first, so wait for its `decode_released`."""
+
+    split: Split
+    after_decode: bool
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The prefill worker to the owner: it runs on `split`'s stream and recorded `prefill_released`."""
+
+    split: Split
+
+
+@dataclass
+class MoveEvents:
+    """The two interprocess events of a move, created by the owner (handles to the worker)."""
+
+    decode_released: object
+    prefill_released: object
+
+
+def worker_move(message: UseSplit, table: StreamTable, current: object, events: MoveEvents,
+                make_event: Callable[[], object]) -> tuple[object, Moved]:
+    """The prefill worker's side, at a batch boundary: its stream for `message.split`, queued after
+    its old stream's work (and after decode's release when decode moved first); its old stream's
+    end recorded for the owner. Returns the stream to make current and the answer."""
+    new = table.stream("prefill", message.split)
+    if message.after_decode:
+        new.wait_event(events.decode_released)
+    hand_over(current, new, make_event)
+    if current is not None:
+        events.prefill_released.record(current)
+    return new, Moved(message.split)
+
+
+class OwnerStreams:
+    """The decode owner's side of green-context moves: `use_stream` is its `Workers.use_stream`.
+
+    `events()` are the current worker's MoveEvents (each worker gets its own at its start);
+    `tell_worker(UseSplit)` sends the worker its move and returns False when no worker is ready to
+    take it (one starting after a death begins on the whole device: nothing to move)."""
+
+    def __init__(self, table: StreamTable, current: Callable[[], object], set_current: Callable[[object], None],
+                 make_event: Callable[[], object], events: Callable[[], MoveEvents],
+                 tell_worker: Callable[[UseSplit], bool]):
+        self.table, self.current, self.set_current = table, current, set_current
+        self.make_event, self.events, self.tell_worker = make_event, events, tell_worker
+        self.decode_split: Split | None = None  # the split whose decode stream the owner runs on
+        self.awaiting: Split | None = None  # the worker was told to move here and has not answered
+        self.decode_deferred = False  # decode moves to `awaiting` once the worker answers
+
+    @property
+    def moving(self) -> bool:
+        return self.awaiting is not None
+
+    def use_stream(self, role: str, split: Split) -> None:
+        if role == "decode":
+            if self.awaiting == split:
+                self.decode_deferred = True
+            else:
+                self._move_decode(split, after_prefill=False)
+            return
+        after_decode = self.decode_split == split
+        if self.tell_worker(UseSplit(split, after_decode)):
+            self.awaiting = split
+
+    def worker_moved(self, split: Split) -> None:
+        """The worker answered `Moved(split)`: decode takes its share now if it waited for this."""
+        if split != self.awaiting:
+            return  # an answer of a worker since replaced, or already settled
+        self.awaiting = None
+        if self.decode_deferred:
+            self.decode_deferred = False
+            self._move_decode(split, after_prefill=True)
+
+    def worker_replaced(self) -> None:
+        """The worker died: no answer will come; decode takes the share it waited for."""
+        split, self.awaiting = self.awaiting, None
+        if self.decode_deferred and split is not None:
+            self.decode_deferred = False
+            self._move_decode(split, after_prefill=False)
+
+    def _move_decode(self, split: Split, after_prefill: bool) -> None:
+        old, new = self.current(), self.table.stream("decode", split)
+        if after_prefill:
+            new.wait_event(self.events().prefill_released)
+        hand_over(old, new, self.make_event)
+        self.events().decode_released.record(old)
+        self.set_current(new)
+        self.decode_split = split
 
 
 def switch_order(old: Split | None, new: Split) -> list[str]:
@@ -132,6 +242,22 @@ class GreenContexts:
         props = torch.cuda.get_device_properties(device_id)
         granularity = sm_granularity(props.major)
         return cls(props.multi_processor_count, granularity.min_sms, granularity.step)
+
+    def even_split(self) -> Split:
+        """The default split: prefill's valid size nearest to half the SMs, decode the rest."""
+        prefill = min(self.prefill_sizes(), key=lambda p: (abs(2 * p - self.device_sms), p))
+        return Split(prefill, self.device_sms - prefill)
+
+    def menu(self) -> list[tuple[int, int]]:
+        """Every split this GPU takes (a tuner picks the nearest)."""
+        return [(p, self.device_sms - p) for p in self.prefill_sizes()] + [(self.device_sms, self.device_sms)]
+
+    def worker_start(self, split: Split) -> WorkerStart:
+        """A worker starts on the whole device and is moved to its share once ready."""
+        return WorkerStart(None)
+
+    def cores_of(self, role: str) -> list[int]:
+        return []
 
     def prefill_sizes(self) -> list[int]:
         return valid_prefill_sms(self.device_sms, SmGranularity(self.min_sms, self.step))

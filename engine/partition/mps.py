@@ -1,12 +1,11 @@
-"""GPU SM percentage per worker through CUDA MPS, changed by swapping in a standby worker.
+"""GPU SM percentage per worker through CUDA MPS, for the two-process engine (`MpsPrefillShare`).
 
 Not verified on hardware. A running MPS client cannot change its CUDA_MPS_ACTIVE_THREAD_PERCENTAGE
 (the variable is read once, when the client creates its CUDA context), so, as in the semi-PD paper,
 a new share takes effect by starting a standby worker with the new percentage, attaching it to the
-shared weights and KV cache, and swapping it in after the active worker's current iteration. The
-engine supplies that mechanism as `Workers.replace_worker`; this module only decides which roles
-need it and with what environment. Prefill and decode switch independently, so for a moment the old
-prefill share can run beside the new decode share.
+shared weights and KV cache, and swapping it in after the active worker's current iteration (the
+owner's `--repartition standby`). The decode owner, which holds the KV cache and the radix tree,
+is never replaced: it keeps every SM, and only prefill's share moves.
 
 The variable can only lower the limit the control daemon gives its clients; the daemon must run
 with per-context partitioning enabled (see `check_mps_daemon`).
@@ -19,7 +18,6 @@ from typing import Callable
 
 from engine.partition import InvalidSplit, Split, Workers, WorkerStart
 
-ROLES = ("prefill", "decode")  # the order in which changed workers are replaced
 PERCENT_VARIABLE = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 DAEMON_START = ("export CUDA_MPS_ENABLE_PER_CTX_DEVICE_MULTIPROCESSOR_PARTITIONING=1; "
                 "nvidia-cuda-mps-control -d")
@@ -37,47 +35,6 @@ def _share_error(role: str, value: object) -> str | None:
     return None
 
 
-class MpsPercent:
-    """Percent of the GPU's SMs per worker (MPS active thread percentage), 1..100 each.
-
-    `started_with` is the split the workers were launched with, if known; when it is None the
-    first apply replaces both workers, since what they run with cannot be read back.
-    """
-
-    name = "mps"
-    unit = "percent of SMs"
-    units = 100
-
-    def __init__(self, started_with: Split | None = None):
-        self.in_force: dict[str, int] = {}
-        if started_with is not None:
-            self.check(started_with)
-            self.in_force = {"prefill": started_with.prefill, "decode": started_with.decode}
-
-    def check(self, split: Split) -> None:
-        for role in ROLES:
-            error = _share_error(role, getattr(split, role))
-            if error:
-                raise InvalidSplit(error)
-
-    def apply(self, split: Split, workers: Workers) -> dict:
-        self.check(split)
-        if workers.replace_worker is None:
-            raise RuntimeError("the mps partition backend needs the engine to replace workers "
-                               "(Workers.replace_worker is None): a running MPS client cannot "
-                               "change its SM percentage, so a standby worker must be swapped in")
-        wanted = {"prefill": split.prefill, "decode": split.decode}
-        replaced = []
-        for role in ROLES:
-            if self.in_force.get(role) == wanted[role]:
-                continue
-            workers.replace_worker(role, mps_environment(wanted[role]))
-            # Recorded per role: if decode's swap fails, prefill's new share is already in force.
-            self.in_force[role] = wanted[role]
-            replaced.append(role)
-        return {"percent": dict(self.in_force), "replaced": replaced}
-
-
 class MpsPrefillShare:
     """The two-process engine's MPS partition: the decode owner keeps every SM (100%: it is the
     process that owns the KV cache, and is not replaced), and the prefill worker runs on P percent,
@@ -92,6 +49,10 @@ class MpsPrefillShare:
     def valid_range(self) -> str:
         return ("prefill a whole percentage of the GPU's SMs from 1 to 100, decode 100 (under MPS the decode "
                 "owner keeps every SM; 100,100 is unified mode)")
+
+    def menu(self) -> list[tuple[int, int]]:
+        """The splits a tuner chooses among: each needs a new worker, so a few, 10 points apart."""
+        return [(p, 100) for p in range(20, 100, 10)] + [(100, 100)]
 
     def check(self, split: Split) -> None:
         if _share_error("prefill", split.prefill):

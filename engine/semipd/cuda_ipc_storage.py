@@ -27,6 +27,7 @@ import torch
 import torch.multiprocessing  # registers torch's tensor reductions with ForkingPickler
 from torch.multiprocessing.reductions import reduce_tensor
 
+from engine.partition.green_contexts import MoveEvents
 from engine.semipd.shared_storage import StorageMismatch
 
 
@@ -139,23 +140,28 @@ class SlotEvents:
 
 @dataclass
 class StepOrder:
-    """The two directions of a prefill step on a GPU: the owner's batch tensors (mailbox) written
-    before the worker's forward reads them; the worker's KV and logits written before the owner
-    reads them. The owner creates the events and hands the worker their IPC handles at its start."""
+    """The interprocess events of the two processes on a GPU: the owner's batch tensors (mailbox)
+    written before the worker's forward reads them; the worker's KV and logits written before the
+    owner reads them; and a green-context move's release of SMs before the other side takes them
+    (engine/partition/green_contexts.py). The owner creates the events and hands the worker their
+    IPC handles at its start."""
 
     batch: SlotEvents
     result: SlotEvents
+    moves: MoveEvents
 
     @classmethod
     def new(cls, slots: int, event: Callable[[], object] | None = None) -> "StepOrder":
         event = event or (lambda: torch.cuda.Event(interprocess=True))
-        return cls(SlotEvents([event() for _ in range(slots)]), SlotEvents([event() for _ in range(slots)]))
+        return cls(SlotEvents([event() for _ in range(slots)]), SlotEvents([event() for _ in range(slots)]),
+                   MoveEvents(event(), event()))
 
-    def handles(self) -> tuple[list, list]:
-        return [e.ipc_handle() for e in self.batch.events], [e.ipc_handle() for e in self.result.events]
+    def handles(self) -> tuple[list, list, list]:
+        moves = [self.moves.decode_released, self.moves.prefill_released]
+        return tuple([e.ipc_handle() for e in events] for events in (self.batch.events, self.result.events, moves))
 
     @classmethod
-    def open(cls, handles: tuple[list, list], opener: Callable[[object], object] | None = None) -> "StepOrder":
+    def open(cls, handles: tuple[list, list, list], opener: Callable[[object], object] | None = None) -> "StepOrder":
         opener = opener or (lambda handle: torch.cuda.Event.from_ipc_handle(torch.cuda.current_device(), handle))
-        batch, result = handles
-        return cls(SlotEvents([opener(h) for h in batch]), SlotEvents([opener(h) for h in result]))
+        batch, result, moves = ([opener(h) for h in group] for group in handles)
+        return cls(SlotEvents(batch), SlotEvents(result), MoveEvents(*moves))

@@ -43,14 +43,15 @@ from sglang.srt.runtime_context import get_serving
 from contract import split_state
 from engine.partition import InvalidSplit, Split, Workers, WorkerStart, parse_split
 from engine.partition.cpu import CpuCores, pin_process
+from engine.partition.green_contexts import GreenContexts, OwnerStreams, device_stream_table
 from engine.partition.mps import MpsPrefillShare
 from engine.semipd.control_channel import ControlServer
 from engine.semipd.ipc_storage import new_storage
 from engine.semipd.loop_timer import LoopTimer
 from engine.semipd.metrics import SemiPDMetrics
 from engine.semipd.prefill_worker import HUNG_AFTER_S, PIPELINE_DEPTH, PrefillLink, WorkerDied, mailboxes
-from engine.semipd.settings import (ENV_CONTROL, ENV_DEVICE, ENV_FRONTEND, ENV_LEND_IDLE, ENV_PIPELINE,
-                                    ENV_PREFILL_TIMEOUT, ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
+from engine.semipd.settings import (ENV_CONTROL, ENV_DEVICE, ENV_FRONTEND, ENV_GPU_PARTITION, ENV_LEND_IDLE,
+                                    ENV_PIPELINE, ENV_PREFILL_TIMEOUT, ENV_REPARTITION, ENV_SPLIT, ENV_STORAGE)
 from engine.semipd.split_log import log_split, new_history, requested_split
 from engine.sglang_seams import inject_forward
 
@@ -70,10 +71,11 @@ class SemiPDScheduler(Scheduler):
         self._semipd_injected: ModelRunnerOutput | None = None
         inject_forward(model_runner, self._take_injected)
 
-        # on a GPU (with --storage ipc) MPS: decode keeps every SM, prefill's share is set at its start
-        self.partition = CpuCores(frontend=os.environ.get(ENV_FRONTEND, "all")) if device == "cpu" else MpsPrefillShare()
+        self.partition = gpu_partition(os.environ.get(ENV_GPU_PARTITION)) if device != "cpu" \
+            else CpuCores(frontend=os.environ.get(ENV_FRONTEND, "all"))
         self.lend_idle_cores = os.environ.get(ENV_LEND_IDLE) == "1"
-        split = parse_split(os.environ.get(ENV_SPLIT, "1,1"))
+        split_text = os.environ.get(ENV_SPLIT) or ""
+        split = parse_split(split_text) if split_text else self.partition.even_split()
         self.partition.check(split)
         self._server_args = server_args
         self._mailboxes = mailboxes(self._semipd_storage)
@@ -93,8 +95,15 @@ class SemiPDScheduler(Scheduler):
         self.worker_split = split  # the split whose prefill share the active worker was started on
         self.timer = LoopTimer()
         self.semipd_metrics = SemiPDMetrics({"model_name": str(get_serving().served_model_name)})
+        self.streams: OwnerStreams | None = None  # green contexts: the owner's side of each move
+        self.queued_split: tuple[Split, str] | None = None  # asked for while a move was in flight
+        if isinstance(self.partition, GreenContexts):
+            self.streams = OwnerStreams(device_stream_table(), torch.cuda.current_stream, torch.cuda.set_stream,
+                                        torch.cuda.Event, lambda: self.prefill_link.order.moves,
+                                        lambda message: self.prefill_link.use_split(message))
         self._workers = Workers(pids=lambda: {"prefill": self.prefill_link.pid, "decode": os.getpid()},
-                                set_threads=self._set_threads, frontend_pids=frontend_pids)
+                                set_threads=self._set_threads, frontend_pids=frontend_pids,
+                                use_stream=self.streams.use_stream if self.streams else None)
         self.apply_split(split, who="launch")
         self.control = ControlServer(os.environ[ENV_CONTROL])
 
@@ -137,6 +146,7 @@ class SemiPDScheduler(Scheduler):
                 self._watch_worker()
                 self._watch_restart()
                 self._watch_standby()
+                self._watch_moves()
             if self.unified:
                 self._unified_iteration()
             else:
@@ -333,7 +343,11 @@ class SemiPDScheduler(Scheduler):
 
     def _worker_died(self, exc: WorkerDied) -> None:
         self._rerun_locally(exc)
-        pending = self.standby[1] if self.standby else None  # the restart replaces it; its split follows
+        if self.streams is not None:
+            self.streams.worker_replaced()
+        # the restart replaces a standby (or a move in flight); the split asked for follows
+        pending = self.standby[1] if self.standby else self._queued
+        self.queued_split = None
         self._cancel_standby()
         in_force, units = self.split, self.partition.units
         self.prefill_link.stop()
@@ -410,6 +424,22 @@ class SemiPDScheduler(Scheduler):
         self.worker_split = split
         self.apply_split(split, who=f"{who} (standby worker swapped in)")
 
+    # -- green-context moves ------------------------------------------------------------------
+    @property
+    def _queued(self) -> Split | None:
+        return self.queued_split[0] if self.queued_split else None
+
+    def _watch_moves(self) -> None:
+        """Decode takes its new share once the worker has given up its old one; a split asked
+        for meanwhile is applied then."""
+        if self.streams is None:
+            return
+        for split in self.prefill_link.take_moves():
+            self.streams.worker_moved(split)
+        if self.queued_split is not None and not self.streams.moving:
+            (split, who), self.queued_split = self.queued_split, None
+            self.apply_split(split, who=who)
+
     # -- the split -----------------------------------------------------------------------------
     def _set_threads(self, role: str, threads: int) -> None:
         if role == "decode":
@@ -453,6 +483,9 @@ class SemiPDScheduler(Scheduler):
             if self._needs_standby(split):
                 self._start_standby(split, who)
                 return {"ok": True, "applied": None, **self.split_state()}
+            if self.streams is not None and self.streams.moving:
+                self.queued_split = (split, who)  # applied once the worker has made the move in flight
+                return {"ok": True, "applied": None, **self.split_state()}
             self._cancel_standby()  # this split needs the active worker's share: it applies now
             record = self.apply_split(split, who=who)
             return {"ok": True, "applied": record, **self.split_state()}
@@ -468,12 +501,14 @@ class SemiPDScheduler(Scheduler):
         return {"ok": False, "status": 400, "error": f"unknown op {op!r}"}
 
     def split_state(self) -> dict:
-        pending = self.standby[1] if self.standby else self.resume_split  # applied once a worker is ready
+        # applied once a worker is ready, or the move in flight is made
+        pending = self.standby[1] if self.standby else self.resume_split or self._queued
         return split_state(self.split.prefill, self.split.decode, backend=self.partition.name,
                            unit=self.partition.unit, units=self.partition.units,
                            valid=self.partition.valid_range(), history=list(self.split_history),
-                           lend_idle_cores=self.lend_idle_cores,
-                           pending=str(pending) if pending else None)
+                           lend_idle_cores=self.lend_idle_cores, pending=str(pending) if pending else None,
+                           **({"menu": [list(pair) for pair in self.partition.menu()]}
+                              if hasattr(self.partition, "menu") else {}))
 
     def _record_step(self, worker: str, started: float, finished: float, batch_size: int, tokens: int,
                      context: int, cores: list[int]):
@@ -482,6 +517,12 @@ class SemiPDScheduler(Scheduler):
         self.steps.append({"worker": worker, "start": started, "end": finished, "batch_size": batch_size,
                            "tokens": tokens, "context": context, "cores": cores})
         self.semipd_metrics.record_step(worker, finished - started, batch_size)
+
+
+def gpu_partition(name: str | None):
+    """The two-process engine's GPU partition: MPS (decode keeps every SM, prefill's percentage is
+    set at its start; the paper's) or green contexts (SM counts, moved live)."""
+    return GreenContexts.for_device() if name == "green-contexts" else MpsPrefillShare()
 
 
 def queued_since(reqs) -> float:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from engine.partition.green_contexts import Moved, UseSplit, device_stream_table, worker_move
 from engine.semipd.cuda_ipc_storage import StepOrder
 from engine.semipd.mailbox import Mailbox
 
@@ -195,12 +196,21 @@ def build_attached_scheduler(scheduler_cls, server_args, port_args, storage):
 
 
 def serve_forwards(model_runner, sock: zmq.Socket, slots: list[tuple[Mailbox, Mailbox]], order=None) -> None:
+    """Answer each message in turn, so a thread count or a green-context move (`UseSplit`) takes
+    effect at a batch boundary."""
     import torch
 
+    streams = None  # this process's green-context streams, made at the first move
     while True:
         message, _ = recv(sock)
         if isinstance(message, SetThreads):
             torch.set_num_threads(message.threads)
+            continue
+        if isinstance(message, UseSplit):
+            streams = streams or device_stream_table()
+            stream, moved = worker_move(message, streams, current_stream(), order.moves, torch.cuda.Event)
+            torch.cuda.set_stream(stream)
+            send(sock, moved)
             continue
         send(sock, run_forward(message, model_runner, slots, order))
 
@@ -286,6 +296,7 @@ class PrefillLink:
         self.process.start()
         self.seq = 0
         self.ready = False
+        self.moves: deque = deque()  # green-context moves the worker has made (Moved.split), oldest first
         self.inflight: deque[Inflight] = deque()  # oldest (the one running) first
         self.running_since = 0.0  # monotonic time the oldest batch held became the one to run
         self.idle_since: float | None = None  # wall time the worker last became free
@@ -357,7 +368,7 @@ class PrefillLink:
         WorkerDied when the worker is gone (with the batches it held)."""
         if not self.inflight:
             return None
-        if not self.sock.poll(timeout_ms):
+        if (result := self._next_answer(timeout_ms)) is None:
             if not self.process.is_alive():
                 raise WorkerDied(f"the prefill worker exited (code {self.process.exitcode}) during batch "
                                  f"{self.inflight[0].seq}", list(self.inflight))
@@ -367,8 +378,6 @@ class PrefillLink:
                 raise WorkerDied(f"the prefill worker did not answer batch {self.inflight[0].seq} within "
                                  f"{self.hung_after_s:g} s (hung); killed", list(self.inflight), "hung")
             return None
-        result, size = recv(self.sock)
-        self.stats["bytes_received"] += size
         held = self.inflight[0]
         if result.seq != held.seq:
             raise RuntimeError(f"prefill worker answered batch {result.seq}, expected {held.seq}")
@@ -386,6 +395,37 @@ class PrefillLink:
             self.stats["idle_with_work_s"] += max(0.0, result.started - max(self.idle_since, held.queued_since))
         self.idle_since = result.finished
         return held.batch, held.forward_batch, result
+
+    def _next_answer(self, timeout_ms: int) -> ForwardResult | None:
+        """The worker's next answer to a batch within `timeout_ms`, its moves kept aside in `moves`."""
+        while self.sock.poll(timeout_ms):
+            message, size = recv(self.sock)
+            self.stats["bytes_received"] += size
+            if not isinstance(message, Moved):
+                return message
+            self.moves.append(message.split)
+            timeout_ms = 0
+        return None
+
+    def take_moves(self) -> list:
+        """The moves the worker has answered since last asked (read here while it holds no batch)."""
+        if not self.inflight and self.ready:
+            if self._next_answer(0) is not None:
+                raise RuntimeError("the prefill worker answered a batch it was not sent")
+        moves, self.moves = list(self.moves), deque()
+        return moves
+
+    def use_split(self, message: UseSplit) -> bool:
+        """Tell the worker to move (green contexts); False when none is ready to (a new one starts
+        on the whole device)."""
+        if not self.ready:
+            return False
+        try:
+            send(self.sock, message)
+        except zmq.Again:  # the worker is gone: the next launch or poll says so
+            logger.warning("the prefill worker did not take its move to split %s", message.split)
+            return False
+        return True
 
     def clear(self) -> list:
         """Forget the batches held (the worker is gone); returns them, oldest first."""

@@ -19,7 +19,9 @@ ENV_REPARTITION = "SEMIPD_REPARTITION"
 ENV_DEVICE = "SEMIPD_DEVICE"
 ENV_PREFILL_TIMEOUT = "SEMIPD_PREFILL_TIMEOUT"
 ENV_STORAGE = "SEMIPD_STORAGE"
+ENV_GPU_PARTITION = "SEMIPD_GPU_PARTITION"
 STORAGE_CHOICES = ("files", "ipc")
+GPU_PARTITION_CHOICES = ("mps", "green-contexts")  # the two-process engine's on a GPU
 PREFILL_TIMEOUT_RANGE_S = (0.5, 3600.0)
 REPARTITION_CHOICES = ("live", "standby")
 CPU_SPLIT = "1,1"  # the default split on CPU (cores); on GPU the menu's most even SM pair
@@ -37,7 +39,7 @@ PDMUX_CONFLICTS = {"--pp-size": ("1", "pipeline parallelism"),
 
 def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, frontend_cores: str = "all",
               prefill_pipeline: int = 2, repartition: str = "live", device: str = "cpu",
-              prefill_timeout_s: float = 60.0, storage: str = "files") -> str:
+              prefill_timeout_s: float = 60.0, storage: str = "files", gpu_partition: str = "mps") -> str:
     """Check the split for this machine and export the settings; returns the control endpoint.
 
     Raises engine.partition.InvalidSplit with the valid range, ValueError for a bad combination.
@@ -50,6 +52,10 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
         raise ValueError(f"--repartition {repartition!r}: valid are {', '.join(REPARTITION_CHOICES)}")
     if storage not in STORAGE_CHOICES:
         raise ValueError(f"--storage {storage!r}: valid are {', '.join(STORAGE_CHOICES)}")
+    if gpu_partition not in GPU_PARTITION_CHOICES:
+        raise ValueError(f"--gpu-partition {gpu_partition!r}: valid are {', '.join(GPU_PARTITION_CHOICES)}")
+    if gpu_partition != "mps" and (device == "cpu" or storage != "ipc"):
+        raise ValueError(f"--gpu-partition {gpu_partition}: the two-process engine's on a GPU, with --storage ipc")
     low, high = PREFILL_TIMEOUT_RANGE_S
     if not low <= prefill_timeout_s <= high:  # (NaN fails too)
         raise ValueError(f"--prefill-timeout {prefill_timeout_s} is out of range {low:g}..{high:g} seconds")
@@ -59,19 +65,29 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
         if repartition == "standby" and lend_idle_cores:
             raise ValueError("--repartition standby gives the prefill worker its share once, at start; "
                              "--lend-idle-cores moves it every step: use one or the other")
-    elif storage == "ipc":  # the paper's two processes on a GPU, partitioned by MPS
-        from engine.partition.mps import MpsPrefillShare, check_mps_daemon
+    elif storage == "ipc":  # the paper's two processes on a GPU, partitioned by MPS or green contexts
+        from engine.partition.mps import PERCENT_VARIABLE, MpsPrefillShare, check_mps_daemon
 
-        split_text = split_text or GPU_MPS_SPLIT
-        MpsPrefillShare().check(parse_split(split_text))
         cpu_only = [flag for flag, used in (("--lend-idle-cores", lend_idle_cores),
                                             ("--frontend-cores", frontend_cores != "all")) if used]
         if cpu_only:
-            raise ValueError(f"{', '.join(cpu_only)}: CPU only; on a GPU the workers' shares are MPS percentages")
-        problem = check_mps_daemon()
-        if problem:
-            raise ValueError(f"--storage ipc on a GPU partitions it with MPS: {problem}")
-        repartition = "standby"  # an MPS client's share is fixed when it starts
+            raise ValueError(f"{', '.join(cpu_only)}: CPU only; on a GPU the workers' shares are SMs")
+        if gpu_partition == "mps":
+            split_text = split_text or GPU_MPS_SPLIT
+            MpsPrefillShare().check(parse_split(split_text))
+            problem = check_mps_daemon()
+            if problem:
+                raise ValueError(f"--storage ipc on a GPU partitions it with MPS: {problem}")
+            repartition = "standby"  # an MPS client's share is fixed when it starts
+        else:
+            if split_text:  # SM counts, checked against the device when the owner starts
+                parse_split(split_text)
+            split_text = split_text or ""
+            if repartition == "standby":
+                raise ValueError("--repartition standby: green contexts move both workers live at a batch boundary")
+            percent = os.environ.get(PERCENT_VARIABLE)
+            if percent not in (None, "100"):
+                raise ValueError(f"{PERCENT_VARIABLE}={percent} overrides green-context partitions: unset it")
     else:
         if split_text:
             parse_split(split_text)
@@ -93,6 +109,7 @@ def configure(split_text: str | None, port: int, lend_idle_cores: bool = False, 
     os.environ[ENV_DEVICE] = device
     os.environ[ENV_PREFILL_TIMEOUT] = str(prefill_timeout_s)
     os.environ[ENV_STORAGE] = storage
+    os.environ[ENV_GPU_PARTITION] = gpu_partition
     return endpoint
 
 
@@ -113,9 +130,15 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def two_process_argv(passthrough: list[str], device: str) -> list[str]:
+def two_process_argv(passthrough: list[str], device: str, gpu_partition: str = "mps") -> list[str]:
     """The user's SGLang flags plus what the two-process engine needs; on a GPU, ValueError naming
-    each flag or setting whose memory legacy CUDA IPC cannot share."""
+    each flag or setting whose memory legacy CUDA IPC cannot share, and (green contexts) CUDA
+    graphs left on."""
+    if device != "cpu" and gpu_partition == "green-contexts" and "--disable-cuda-graph" not in passthrough:
+        raise ValueError("--gpu-partition green-contexts runs decode on a green context's stream, where graphs "
+                         "captured on the whole GPU are not replayed (one graph set per split is not built): add "
+                         "--disable-cuda-graph, or use --gpu-partition mps (graphs on), or leave out --storage ipc "
+                         "(SGLang's PD multiplexing: graphs per SM split)")
     if device != "cpu":
         from types import SimpleNamespace
 

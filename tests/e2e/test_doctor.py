@@ -3,14 +3,17 @@
 import os
 import re
 
+import pytest
 import torch
 
 from tests.conftest import run_semipd
 
 
-def test_the_doctor_passes_every_check_on_a_working_cpu_engine(tiny_model, tmp_path):
+@pytest.mark.parametrize("storage", ["files", "ipc"])
+def test_the_doctor_passes_every_check_on_a_working_cpu_engine(tiny_model, tmp_path, storage):
+    # ipc: the GPU design's storage, as `semipd doctor --gpu --storage ipc` checks it on a GPU
     done = run_semipd("doctor", "--model", str(tiny_model), "--requests", "40", "--log-dir", str(tmp_path),
-                      timeout=900)
+                      "--storage", storage, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "ok   greedy output semi-pd = unified: 5 of 5 prompts token for token" in out
@@ -29,6 +32,8 @@ def test_the_doctor_refuses_bad_arguments_and_says_when_there_is_no_gpu():
     assert zero.returncode == 2 and "--requests 0: must be 1 or more" in zero.stderr
     alone = run_semipd("doctor", "--probe-only")
     assert alone.returncode == 2 and "--probe-only goes with --gpu" in alone.stderr
+    partition = run_semipd("doctor", "--gpu-partition", "green-contexts")
+    assert partition.returncode == 2 and "--gpu-partition goes with --gpu --storage ipc" in partition.stderr
     probe = run_semipd("doctor", "--gpu", "--probe-only")
     if torch.cuda.is_available():
         assert probe.stdout.startswith("info ") and " SMs, compute capability " in probe.stdout

@@ -118,10 +118,9 @@ def test_a_worker_killed_under_100_requests_loses_none_and_comes_back_on_its_spl
         wait_for_new_worker(server, done["pid"])
         assert get_split(server)["split"] == {"prefill": 1, "decode": 1}  # the split in force before
         assert deaths_counted(server, "exited") == before + 1
-        wait_for(lambda: [e for e in httpx.get(tuner.url + "/state").json()["events"]
-                          if e["kind"] == "prefill worker died"], 10, "the tuner's event")
-        kinds = [e["kind"] for e in httpx.get(tuner.url + "/state").json()["events"]]
-        assert "prefill worker died" in kinds and "prefill worker replaced" in kinds, kinds
+        # the tuner reads the engine's history each tick: the death and the replacement may come a tick apart
+        wait_for(lambda: {"prefill worker died", "prefill worker replaced"}
+                 <= {e["kind"] for e in httpx.get(tuner.url + "/state").json()["events"]}, 10, "the tuner's events")
     finally:
         tuner.stop()
 

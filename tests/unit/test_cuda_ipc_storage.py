@@ -16,7 +16,7 @@ import torch.multiprocessing
 
 from engine.semipd.cuda_ipc_storage import StepOrder, attach, dumps, export_manifest, loads, refusals
 from engine.semipd.mailbox import Mailbox
-from engine.semipd.prefill_worker import ForwardRequest, run_forward
+from engine.semipd.prefill_worker import ForwardRequest, ForwardResult, PrefillLink, run_forward, send
 from engine.semipd.shared_storage import StorageMismatch
 
 
@@ -143,14 +143,18 @@ def test_a_gpu_step_waits_for_each_write_by_its_slots_event_in_both_directions()
     worker's forward runs after its stream waited for the owner's batch copy, and the owner's
     reads wait for the event the worker recorded after the forward and the logits copy."""
     t = Timeline()
-    names = iter(f"{kind}{slot}" for kind in ("batch", "result") for slot in range(2))
+    names = iter([*(f"{kind}{slot}" for kind in ("batch", "result") for slot in range(2)),
+                  "decode_released", "prefill_released"])
     owner_order = StepOrder.new(2, event=lambda: t.event(next(names)))
+    moves = owner_order.moves
     by_handle = {}
-    for event in [*owner_order.batch.events, *owner_order.result.events]:
+    for event in [*owner_order.batch.events, *owner_order.result.events, moves.decode_released,
+                  moves.prefill_released]:
         event.ipc_handle = lambda event=event: event.name
         by_handle[event.name] = event
     worker_order = StepOrder.open(owner_order.handles(), opener=by_handle.__getitem__)
     assert worker_order.result.events == owner_order.result.events
+    assert worker_order.moves == moves  # a green-context move's two events, the same in both
 
     slots = [(Mailbox(torch.zeros(4096, dtype=torch.uint8)), Mailbox(torch.zeros(4096, dtype=torch.uint8)))
              for _ in range(2)]
@@ -181,3 +185,34 @@ def test_without_events_a_cpu_step_runs_the_forward_alone_and_a_failure_is_repor
         forward=lambda batch: 1 / 0)
     result = run_forward(ForwardRequest(4, slots[0][0].pack(SimpleNamespace(x=torch.ones(2)))), runner, slots)
     assert result.seq == 4 and result.logits_output is None and "ZeroDivisionError" in result.error
+
+
+def test_the_owner_reads_the_workers_green_context_moves_apart_from_its_answers():
+    from collections import deque
+
+    import zmq
+
+    from engine.partition import Split
+    from engine.partition.green_contexts import Moved
+
+    context = zmq.Context.instance()
+    owner_side, worker_side = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    owner_side.bind("inproc://semipd-moves-test")
+    worker_side.connect("inproc://semipd-moves-test")
+    link = object.__new__(PrefillLink)  # its socket side alone: no worker process is started
+    link.sock, link.moves, link.inflight, link.ready, link.stats = owner_side, deque(), deque(), True, {"bytes_received": 0}
+    try:
+        send(worker_side, Moved(Split(40, 92)))  # answered while it held no batch
+        assert link.take_moves() == [Split(40, 92)] and link.take_moves() == []
+        link.inflight.append("batch 1")  # a move answered before a batch's result is kept aside
+        send(worker_side, Moved(Split(96, 36)))
+        send(worker_side, ForwardResult(1, None, 0.0, 0.0))
+        assert link._next_answer(5000).seq == 1
+        assert link.take_moves() == [Split(96, 36)]
+        link.inflight.clear()
+        send(worker_side, ForwardResult(2, None, 0.0, 0.0))
+        with pytest.raises(RuntimeError, match="answered a batch it was not sent"):
+            link.take_moves()
+    finally:
+        owner_side.close(linger=0)
+        worker_side.close(linger=0)

@@ -161,3 +161,35 @@ def test_what_cuda_ipc_cannot_share_is_refused_by_name_before_start(monkeypatch)
     with pytest.raises(ValueError, match="expandable_segments"):
         two_process_argv([], "cuda")
     assert two_process_argv(["--enable-memory-saver"], "cpu")[-1] == "--disable-overlap-schedule"  # CPU: files or shm
+
+
+def test_green_contexts_on_a_gpu_need_no_mps_daemon_move_live_and_run_decode_without_graphs(settings_env,
+                                                                                            monkeypatch):
+    from engine.partition import InvalidSplit
+    from engine.semipd.settings import two_process_argv
+
+    settings = settings_env
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
+    with pytest.raises(ValueError, match="--gpu-partition 'sms': valid are mps, green-contexts"):
+        settings.configure(None, 30000, device="cuda", storage="ipc", gpu_partition="sms")
+    for device, storage in (("cpu", "ipc"), ("cuda", "files")):
+        with pytest.raises(ValueError, match="--gpu-partition green-contexts: the two-process engine's on a GPU"):
+            settings.configure(None, 30000, device=device, storage=storage, gpu_partition="green-contexts")
+    with pytest.raises(ValueError, match="--repartition standby: green contexts move both workers live"):
+        settings.configure(None, 30000, device="cuda", storage="ipc", gpu_partition="green-contexts",
+                           repartition="standby")
+    with pytest.raises(InvalidSplit, match="not two integers"):
+        settings.configure("half", 30000, device="cuda", storage="ipc", gpu_partition="green-contexts")
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "40")
+    with pytest.raises(ValueError, match="CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=40 overrides green-context"):
+        settings.configure(None, 30000, device="cuda", storage="ipc", gpu_partition="green-contexts")
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    settings.configure(None, 30000, device="cuda", storage="ipc", gpu_partition="green-contexts")  # no MPS daemon here
+    assert os.environ[settings.ENV_SPLIT] == "" and os.environ[settings.ENV_REPARTITION] == "live"
+    assert os.environ[settings.ENV_GPU_PARTITION] == "green-contexts"
+    assert settings.semipd_scheduler_class().__name__ == "SemiPDScheduler"
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    with pytest.raises(ValueError, match="green-contexts .* add --disable-cuda-graph"):
+        two_process_argv([], "cuda", "green-contexts")
+    assert two_process_argv(["--disable-cuda-graph"], "cuda", "green-contexts")[0] == "--disable-cuda-graph"

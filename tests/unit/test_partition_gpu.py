@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 
 from engine.partition import InvalidSplit, Split, Workers, WorkerStart
-from engine.partition.green_contexts import (GreenContexts, SmGranularity, StreamTable, hand_over,
-                                             sgl_kernel_device_split, sm_granularity, switch_order)
+from engine.partition.green_contexts import (GreenContexts, MoveEvents, OwnerStreams, SmGranularity, StreamTable,
+                                             UseSplit, hand_over, sgl_kernel_device_split, sm_granularity,
+                                             switch_order, worker_move)
 from engine.partition.cpu import CpuCores
-from engine.partition.mps import MpsPercent, MpsPrefillShare, check_mps_daemon, mps_environment
+from engine.partition.mps import MpsPrefillShare, check_mps_daemon, mps_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fake_workers(calls: list, *, replace: bool = True, stream: bool = True) -> Workers:
+def fake_workers(calls: list, *, stream: bool = True) -> Workers:
     return Workers(
         pids=lambda: {"prefill": 1, "decode": 2},
         set_threads=lambda role, n: calls.append(("set_threads", role, n)),
-        replace_worker=(lambda role, env: calls.append(("replace", role, env))) if replace else None,
         use_stream=(lambda role, s: calls.append(("stream", role, s))) if stream else None,
     )
 
@@ -30,76 +30,6 @@ def fake_workers(calls: list, *, replace: bool = True, stream: bool = True) -> W
 
 def test_mps_environment():
     assert mps_environment(60) == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "60"}
-
-
-@pytest.mark.parametrize("split", [Split(0, 50), Split(50, 101), Split(-5, 5), Split(True, 50)])
-def test_mps_rejects_out_of_range_naming_range_and_keeps_split(split):
-    backend = MpsPercent()
-    calls: list = []
-    backend.apply(Split(60, 40), fake_workers(calls))
-    calls.clear()
-    with pytest.raises(InvalidSplit, match="from 1 to 100"):
-        backend.apply(split, fake_workers(calls))
-    assert calls == []
-    assert backend.in_force == {"prefill": 60, "decode": 40}
-
-
-def test_mps_allows_overlap():
-    backend = MpsPercent()
-    backend.check(Split(100, 100))  # the paper's 100,100: no error
-    calls: list = []
-    assert backend.apply(Split(100, 100), fake_workers(calls))["percent"] == {"prefill": 100, "decode": 100}
-
-
-def test_mps_replaces_both_in_order_when_start_unknown():
-    calls: list = []
-    result = MpsPercent().apply(Split(60, 40), fake_workers(calls))
-    assert calls == [("replace", "prefill", {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "60"}),
-                     ("replace", "decode", {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "40"})]
-    assert result == {"percent": {"prefill": 60, "decode": 40}, "replaced": ["prefill", "decode"]}
-
-
-def test_mps_replaces_only_changed_roles():
-    backend = MpsPercent(started_with=Split(80, 100))
-    calls: list = []
-    result = backend.apply(Split(80, 50), fake_workers(calls))
-    assert calls == [("replace", "decode", {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"})]
-    assert result == {"percent": {"prefill": 80, "decode": 50}, "replaced": ["decode"]}
-
-    calls.clear()
-    result = backend.apply(Split(70, 50), fake_workers(calls))
-    assert calls == [("replace", "prefill", {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "70"})]
-    assert result["replaced"] == ["prefill"]
-
-    calls.clear()
-    assert backend.apply(Split(70, 50), fake_workers(calls))["replaced"] == []
-    assert calls == []
-
-
-def test_mps_refuses_without_replace_worker():
-    backend = MpsPercent(started_with=Split(80, 100))
-    calls: list = []
-    with pytest.raises(RuntimeError, match="replace_worker"):
-        backend.apply(Split(60, 40), fake_workers(calls, replace=False))
-    assert backend.in_force == {"prefill": 80, "decode": 100}
-
-
-def test_mps_failed_decode_swap_keeps_prefill_swap_recorded():
-    backend = MpsPercent(started_with=Split(80, 100))
-
-    def replace(role, env):
-        if role == "decode":
-            raise RuntimeError("standby worker failed to attach")
-
-    workers = Workers(pids=dict, set_threads=lambda r, n: None, replace_worker=replace)
-    with pytest.raises(RuntimeError, match="attach"):
-        backend.apply(Split(60, 40), workers)
-    assert backend.in_force == {"prefill": 60, "decode": 100}
-
-
-def test_mps_started_with_is_checked():
-    with pytest.raises(InvalidSplit, match="from 1 to 100"):
-        MpsPercent(started_with=Split(0, 100))
 
 
 class FakeRun:
@@ -284,6 +214,151 @@ def test_hand_over_makes_the_new_stream_wait_for_the_old():
     assert device.ops == [("record", "group64"), ("wait", "group96", "group64")]
 
 
+class MoveTimeline:
+    """Fake streams and events of the two processes on one timeline: a record notes its stream, a
+    wait the record it waits for (the event's latest, as CUDA's stream wait does)."""
+
+    def __init__(self):
+        self.ops: list[tuple] = []
+        self.handovers = 0
+
+    def event(self, name: str):
+        timeline = self
+
+        class Event:
+            latest = None
+
+            def record(self, stream):
+                self.latest = len(timeline.ops)
+                timeline.ops.append(("record", name, stream.name))
+
+        return Event()
+
+    def handover_event(self):
+        self.handovers += 1
+        return self.event(f"handover{self.handovers}")
+
+    def stream(self, name: str):
+        timeline = self
+
+        class Stream:
+            def wait_event(self, event):
+                timeline.ops.append(("wait", self.name, event.latest))
+
+        stream = Stream()
+        stream.name = name
+        return stream
+
+    def table(self, process: str) -> StreamTable:
+        return StreamTable(132, lambda p, d: (self.stream(f"{process}:group{p}"), self.stream(f"{process}:rest{d}")),
+                           lambda: self.stream(f"{process}:whole"))
+
+    def work(self, stream, what: str) -> int:
+        self.ops.append(("run", what, stream.name))
+        return len(self.ops) - 1
+
+    def waits_for(self, stream_name: str, record_at: int) -> bool:
+        return ("wait", stream_name, record_at) in self.ops
+
+
+class TwoProcesses:
+    """The owner's OwnerStreams and the prefill worker's worker_move over one MoveTimeline; the
+    worker reads what it was sent at its next batch boundary (`worker_boundary`)."""
+
+    def __init__(self):
+        self.t = t = MoveTimeline()
+        self.events = MoveEvents(t.event("decode_released"), t.event("prefill_released"))
+        self.worker_table = t.table("worker")
+        self.worker_stream = t.stream("worker:default")
+        self.owner_stream = t.stream("owner:default")
+        self.sent: list[UseSplit] = []
+        self.owner = OwnerStreams(t.table("owner"), lambda: self.owner_stream, self._set_owner_stream,
+                                  t.handover_event, lambda: self.events, self._tell)
+        self.backend = hopper()
+        self.workers = Workers(pids=lambda: {}, set_threads=lambda role, n: None, use_stream=self.owner.use_stream)
+        self.worker_ready = True
+
+    def _set_owner_stream(self, stream):
+        self.owner_stream = stream
+
+    def _tell(self, message: UseSplit) -> bool:
+        if self.worker_ready:
+            self.sent.append(message)
+        return self.worker_ready
+
+    def worker_boundary(self) -> list:
+        answers = []
+        for message in self.sent:
+            self.worker_stream, moved = worker_move(message, self.worker_table, self.worker_stream, self.events,
+                                                    self.t.handover_event)
+            answers.append(moved)
+        self.sent.clear()
+        return answers
+
+
+def test_when_prefill_gives_up_sms_decode_takes_them_only_after_the_workers_last_batch_on_them():
+    two = TwoProcesses()
+    t, owner = two.t, two.owner
+    two.backend.apply(Split(96, 36), two.workers)  # launch: the worker moves, then decode
+    [moved] = two.worker_boundary()
+    owner.worker_moved(moved.split)
+    assert (two.owner_stream.name, two.worker_stream.name) == ("owner:rest36", "worker:group96")
+
+    two.backend.apply(Split(40, 92), two.workers)  # prefill shrinks: it moves first
+    assert two.sent == [UseSplit(Split(40, 92), after_decode=False)]
+    assert owner.moving and two.owner_stream.name == "owner:rest36"  # decode keeps its share meanwhile
+    last_prefill = t.work(two.worker_stream, "prefill batch on 96 SMs")
+    t.work(two.owner_stream, "decode step on 36 SMs: not held up")
+    [moved] = two.worker_boundary()
+    released = next(i for i, op in enumerate(t.ops) if op == ("record", "prefill_released", "worker:group96"))
+    assert released > last_prefill and two.worker_stream.name == "worker:group40"
+    owner.worker_moved(moved.split)
+    assert not owner.moving and two.owner_stream.name == "owner:rest92"
+    assert t.waits_for("owner:rest92", released)  # decode's 92 SMs wait for prefill's last work on them
+
+
+def test_when_decode_gives_up_sms_it_moves_at_once_and_the_worker_waits_for_its_release():
+    two = TwoProcesses()
+    t, owner = two.t, two.owner
+    two.backend.apply(Split(40, 92), two.workers)
+    owner.worker_moved(two.worker_boundary()[0].split)
+
+    last_decode = t.work(two.owner_stream, "decode step on 92 SMs")
+    two.backend.apply(Split(96, 36), two.workers)  # decode shrinks: the owner moves first, now
+    assert two.owner_stream.name == "owner:rest36"
+    released = next(i for i, op in enumerate(t.ops) if op == ("record", "decode_released", "owner:rest92"))
+    assert released > last_decode
+    assert two.sent == [UseSplit(Split(96, 36), after_decode=True)]
+    [moved] = two.worker_boundary()
+    assert two.worker_stream.name == "worker:group96" and t.waits_for("worker:group96", released)
+    assert owner.moving  # until the worker's answer is read
+    owner.worker_moved(moved.split)
+    assert not owner.moving
+
+
+def test_a_worker_that_dies_mid_move_leaves_decode_its_new_share_and_a_new_one_starts_whole():
+    two = TwoProcesses()
+    two.backend.apply(Split(96, 36), two.workers)
+    two.owner.worker_moved(two.worker_boundary()[0].split)
+    two.backend.apply(Split(40, 92), two.workers)
+    assert two.owner.moving and two.owner_stream.name == "owner:rest36"
+    two.sent.clear()  # the worker dies before reading its move
+    two.owner.worker_replaced()
+    assert not two.owner.moving and two.owner_stream.name == "owner:rest92"
+    two.owner.worker_moved(Split(40, 92))  # a late answer of the dead worker changes nothing
+    assert two.owner_stream.name == "owner:rest92"
+
+    two.worker_ready = False  # a new worker, starting: on the whole device, with nothing to tell
+    two.backend.apply(Split(132, 132), two.workers)
+    assert two.sent == [] and not two.owner.moving and two.owner_stream.name == "owner:whole"
+
+
+def test_green_contexts_default_to_the_most_even_split_and_start_workers_whole():
+    assert hopper().even_split() == Split(64, 68)
+    assert GreenContexts(device_sms=108, min_sms=4, step=2).even_split() == Split(54, 54)
+    assert hopper().worker_start(Split(64, 68)) == WorkerStart(None) and hopper().cores_of("prefill") == []
+
+
 def test_green_refuses_without_use_stream():
     backend = hopper()
     with pytest.raises(RuntimeError, match="use_stream"):
@@ -313,7 +388,7 @@ def test_gpu_backends_import_without_torch():
     result = run_python(
         "import sys; sys.modules['torch'] = None\n"
         "import engine.partition.mps as m, engine.partition.green_contexts as g\n"
-        "g.GreenContexts(132, 8, 8); m.MpsPercent()\n"
+        "g.GreenContexts(132, 8, 8); m.MpsPrefillShare()\n"
         "print('ok')\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
@@ -326,3 +401,10 @@ def test_gpu_backends_do_not_load_torch_at_import():
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_menus_a_tuner_chooses_from_are_all_valid_splits():
+    for backend in (MpsPrefillShare(), hopper()):
+        for pair in backend.menu():
+            backend.check(Split(*pair))
+    assert len(hopper().menu()) == 16 and hopper().menu()[-1] == (132, 132)

@@ -68,10 +68,19 @@ def test_a_split_off_the_menu_is_refused_naming_the_menu(split):
 
 def test_the_tuner_snaps_a_policy_split_to_the_nearest_pair_of_the_menu():
     menu = [[96, 36], [64, 68], [40, 92]]
-    assert nearest_in_menu((3, 1), menu) == (96, 36)
-    assert nearest_in_menu((1, 1), menu) == (64, 68)
-    assert nearest_in_menu((1, 2), menu) == (40, 92)
-    assert nearest_in_menu((2, 1), None) == (2, 1)  # CPU: no menu, any split in range
+    assert nearest_in_menu((3, 1), menu, 132) == (96, 36)
+    assert nearest_in_menu((1, 1), menu, 132) == (64, 68)
+    assert nearest_in_menu((1, 2), menu, 132) == (40, 92)
+    assert nearest_in_menu((40, 92), menu, 132) == (40, 92)
+    assert nearest_in_menu((2, 1), None, 4) == (2, 1)  # CPU: no menu, any split in range
+
+
+def test_under_mps_the_tuner_turns_a_policy_share_into_prefills_percentage():
+    menu = [[p, 100] for p in range(20, 100, 10)] + [[100, 100]]
+    assert nearest_in_menu((60, 40), menu, 100) == (60, 100)  # prefill 60% of the device
+    assert nearest_in_menu((3, 1), menu, 100) == (80, 100)  # 75%: a tie of 70 and 80, to the more even pair
+    assert nearest_in_menu((100, 100), menu, 100) == (100, 100)  # unified, asked for, stays
+    assert nearest_in_menu((5, 95), menu, 100) == (20, 100)
 
 
 # -- the scheduler on fakes of CUDA and sgl_kernel -----------------------------------------------
