@@ -7,6 +7,9 @@ it first, and `python -m engine.gpu_probe` runs it alone.
   at once; if they are disjoint, running together costs each little (the ratio is printed).
 - Switch latency: handing work over from one green-context stream to another (an event recorded
   on the old, waited on by the new) and running a small kernel there.
+- Interprocess events (what orders the two processes' steps and moves): a worker reads a flag the
+  owner sets after a long computation, once without waiting (it should still be unset) and once
+  after its stream waited on the owner's interprocess event (it must be set).
 
 Not verified on hardware: written for the day a GPU is lent. Every step that cannot run says why.
 """
@@ -40,6 +43,54 @@ def ipc_sharing() -> str:
     torch.cuda.synchronize()
     seen = bool(torch.all(kv[7] == 3.0)) and bool(torch.all(kv[6] == 0))
     return f"{'ok  ' if seen else 'FAIL'} CUDA IPC: a worker's write into the owner's tensor {'is' if seen else 'is not'} seen in place"
+
+
+EVENT_WORKER = """
+import sys, torch
+from engine.semipd.cuda_ipc_storage import attach, loads
+manifest, handle = loads(sys.stdin.buffer.read(int(sys.argv[1])))
+flag = attach(manifest, [("flag", (1,), torch.int32)])["flag"]
+event = torch.cuda.Event.from_ipc_handle(torch.cuda.current_device(), handle)
+print("ready", flush=True)
+sys.stdin.readline()  # the owner has queued its long work, the flag's write and the event's record
+before = flag.clone()
+torch.cuda.current_stream().wait_event(event)
+after = flag.clone()
+torch.cuda.synchronize()
+print(int(before.item()), int(after.item()), flush=True)
+"""
+
+
+def interprocess_events() -> str:
+    from engine.semipd.cuda_ipc_storage import dumps, export_manifest
+
+    flag = torch.zeros(1, dtype=torch.int32, device="cuda")
+    event = torch.cuda.Event(interprocess=True)
+    data = dumps((export_manifest([("flag", flag)]), event.ipc_handle()))
+    worker = subprocess.Popen([sys.executable, "-c", EVENT_WORKER, str(len(data))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        worker.stdin.write(data)
+        worker.stdin.flush()
+        if worker.stdout.readline().strip() != b"ready":
+            return f"FAIL interprocess events: the worker did not start: {worker.stderr.read().decode()[-500:]}"
+        a = torch.randn(4096, 4096, device="cuda")
+        for _ in range(100):  # long enough (hundreds of ms) for the worker's first read to come first
+            a = (a @ a) / 4096
+        flag.fill_(1)
+        event.record()
+        worker.stdin.write(b"go\n")
+        worker.stdin.flush()
+        before, after = (int(v) for v in worker.stdout.readline().split())
+    except (ValueError, OSError) as exc:
+        return f"FAIL interprocess events: {exc}: {worker.stderr.read().decode()[-500:]}"
+    finally:
+        worker.kill()
+    if after != 1:
+        return "FAIL interprocess events: the worker's stream waited on the owner's event and still read the old value"
+    first = ("without waiting it read it unset, so the wait is what ordered it" if before == 0 else
+             "inconclusive: the owner's work was done before the worker's first read")
+    return f"ok   interprocess events: after waiting on the owner's event the worker read the flag set; {first}"
 
 
 def _timed(work: list[tuple[object, torch.Tensor]], iterations: int = 50) -> float:
@@ -92,7 +143,7 @@ def probe() -> tuple[bool, list[str]]:
     props = torch.cuda.get_device_properties(0)
     lines = [f"info {props.name}: {props.multi_processor_count} SMs, compute capability {props.major}.{props.minor}, "
              f"torch {torch.__version__}"]
-    return True, [*lines, ipc_sharing(), *green_contexts()]
+    return True, [*lines, ipc_sharing(), interprocess_events(), *green_contexts()]
 
 
 if __name__ == "__main__":

@@ -115,10 +115,9 @@ def split_effect(url: str, splits: list[tuple[int, int]], units: int, judged: bo
         return Check("the split acts on compute", None,
                      f"one decode share among the disjoint splits of {units} units: nothing to compare")
     phase, ends = compared
-    if phase == "decode":
-        what, metric, prompts, new_tokens = "decode p50 time per token", "tpot_s", [prompt(16, seed=900 + i) for i in range(8)], 96
-    else:
-        what, metric, prompts, new_tokens = "prefill p50 time to first token", "ttft_s", [prompt(1500, seed=900 + i) for i in range(8)], 1
+    what, metric, length, new_tokens = {"decode": ("decode p50 time per token", "tpot_s", 16, 96),
+                                        "prefill": ("prefill p50 time to first token", "ttft_s", 1500, 1)}[phase]
+    prompts = [prompt(length, seed=900 + i) for i in range(8)]
     measured = {}
     for split in ends:
         settle(url, split)

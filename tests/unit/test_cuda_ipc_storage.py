@@ -216,3 +216,11 @@ def test_the_owner_reads_the_workers_green_context_moves_apart_from_its_answers(
     finally:
         owner_side.close(linger=0)
         worker_side.close(linger=0)
+
+
+def test_the_gpu_probes_worker_scripts_compile():
+    # They run only on a GPU (python -m engine.gpu_probe): here, at least, they are valid Python.
+    from engine import gpu_probe
+
+    for name in ("WORKER", "EVENT_WORKER"):
+        compile(getattr(gpu_probe, name), f"gpu_probe.{name}", "exec")
