@@ -193,7 +193,7 @@ class OwnerStreams:
     def worker_replaced(self) -> None:
         """The worker died: no answer will come; decode takes the share it waited for."""
         split, self.awaiting = self.awaiting, None
-        if self.decode_deferred and split is not None:
+        if self.decode_deferred:  # (only ever set while awaiting a move)
             self.decode_deferred = False
             self._move_decode(split, after_prefill=False)
 
